@@ -1,0 +1,22 @@
+//! tandem replays recorded meetings: several separately recorded tracks played on one meeting
+//! clock, streamed on demand from a peer that holds the recording.
+//!
+//! # Layout
+//! - [`time`]: typed media time ([`MediaTime`]) and checked conversions from container ticks.
+//! - [`source`]: [`RangeSource`], the one thing everything above reads through: a length and
+//!   `read_range(start, len) -> Bytes`. Local files and remote tracks both implement it.
+//! - [`index`]: per-container keyframe indexes behind one type, [`index::TrackIndex`]; one module
+//!   per container format (`mp4`, `mkv`, `ogg`, `mp3`, `subtitles`). Parsers are synchronous and
+//!   free of I/O policy: they ask a `RangeSource` for the few ranges they need.
+//! - [`manifest`]: the `meeting.json` schema a recording folder carries.
+//! - [`net`]: the peer protocol (`stream.get`, `stream.read_range`) over iroh/QUIC with fastn
+//!   ID52 identities; `net::protocol` is the wire spec and knows nothing about media.
+
+pub mod index;
+pub mod manifest;
+pub mod net;
+pub mod source;
+pub mod time;
+
+pub use source::{FileSource, RangeSource, SourceError};
+pub use time::MediaTime;

@@ -1,0 +1,128 @@
+//! Shared helpers for the workspace integration tests: ffprobe as the oracle for our indexes,
+//! ffmpeg to make files from muxers we did not write, and paths to the committed fixtures.
+//!
+//! These helpers fail loudly when a tool is missing: a test that needs ffprobe must not pass
+//! by skipping.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use tandem::index::TrackIndex;
+use tandem::FileSource;
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// `fixtures/meeting` and `fixtures/meeting-webrtc`.
+pub fn fixture_meeting(name: &str) -> PathBuf {
+    workspace_root().join("fixtures").join(name)
+}
+
+/// One packet as ffprobe reports it for the first stream of a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbePacket {
+    pub pts_ms: Option<f64>,
+    pub dts_ms: Option<f64>,
+    pub pos: Option<u64>,
+    pub size: u64,
+    pub keyframe: bool,
+}
+
+fn tool(name: &str) -> Result<Command> {
+    let found = Command::new(name).arg("-version").output();
+    match found {
+        Ok(out) if out.status.success() => Ok(Command::new(name)),
+        _ => bail!("{name} is required for this test but was not found: run scripts/install-deps.sh"),
+    }
+}
+
+/// `ffprobe -show_packets` for stream 0 of `path`.
+pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
+    let out = tool("ffprobe")?
+        .args(["-v", "error", "-select_streams", "0", "-show_entries", "packet=pts_time,dts_time,pos,size,flags", "-of", "json"])
+        .arg(path)
+        .output()
+        .context("running ffprobe")?;
+    if !out.status.success() {
+        bail!("ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ffprobe output")?;
+    let packets = json["packets"].as_array().cloned().unwrap_or_default();
+    let seconds_to_ms = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).map(|s| s * 1000.0);
+    Ok(packets
+        .iter()
+        .map(|p| ProbePacket {
+            pts_ms: seconds_to_ms(&p["pts_time"]),
+            dts_ms: seconds_to_ms(&p["dts_time"]),
+            pos: p["pos"].as_str().and_then(|s| s.parse().ok()),
+            size: p["size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0),
+            keyframe: p["flags"].as_str().is_some_and(|f| f.contains('K')),
+        })
+        .collect())
+}
+
+/// Runs ffmpeg with `args` (inputs, options, output), failing with its stderr.
+pub fn ffmpeg(args: &[&str]) -> Result<()> {
+    let out = tool("ffmpeg")?.args(["-v", "error", "-y", "-nostdin"]).args(args).output().context("running ffmpeg")?;
+    if !out.status.success() {
+        bail!("ffmpeg {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// What [`check_against_ffprobe`] compared, for the test's own assertions and messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OracleReport {
+    pub ours: usize,
+    pub theirs: usize,
+    pub open_bytes: u64,
+    pub open_reads: u64,
+}
+
+/// Opens `path` with our index and checks its keyframes against ffprobe's packets:
+/// - video: the same keyframes, one for one, at the same times (within 1 ms);
+/// - audio and captions (every packet is a sync point): each of our keyframes is one of
+///   ffprobe's packets (within 1 ms), and at least one exists;
+/// - every keyframe's byte range covers the position ffprobe reports for that packet.
+pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
+    let src = FileSource::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let index = TrackIndex::open(&name, &src)?;
+    let ours = index.keyframes(&src)?;
+    let packets = ffprobe_packets(path)?;
+    let theirs: Vec<&ProbePacket> = packets.iter().filter(|p| p.keyframe && p.pts_ms.is_some()).collect();
+    if ours.is_empty() {
+        bail!("{name}: our index lists no keyframes; ffprobe lists {}", theirs.len());
+    }
+    let is_video = index.info().codec.is_video();
+    if is_video && ours.len() != theirs.len() {
+        bail!(
+            "{name}: {} keyframes, ffprobe has {}; ours at {:?}, theirs at {:?}",
+            ours.len(),
+            theirs.len(),
+            ours.iter().map(|k| k.pts.as_millis()).collect::<Vec<_>>(),
+            theirs.iter().map(|p| p.pts_ms.unwrap_or(f64::NAN)).collect::<Vec<_>>()
+        );
+    }
+    for keyframe in &ours {
+        let ms = keyframe.pts.as_nanos() as f64 / 1e6;
+        let matched = theirs.iter().find(|p| (p.pts_ms.unwrap_or(f64::NAN) - ms).abs() <= 1.0);
+        let Some(packet) = matched else {
+            bail!("{name}: our keyframe at {ms:.3} ms is not an ffprobe keyframe");
+        };
+        if let Some(pos) = packet.pos {
+            let end = keyframe.offset + keyframe.size;
+            if !(keyframe.offset <= pos && pos < end) {
+                bail!(
+                    "{name}: keyframe at {ms:.3} ms covers bytes {}..{end} but ffprobe puts it at byte {pos}",
+                    keyframe.offset
+                );
+            }
+        }
+    }
+    let cost = index.open_cost();
+    Ok(OracleReport { ours: ours.len(), theirs: theirs.len(), open_bytes: cost.bytes, open_reads: cost.reads })
+}
