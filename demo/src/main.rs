@@ -1,1 +1,55 @@
-fn main() {}
+//! `meeting-replay`: serve a folder of meetings, inspect their indexes, fetch from a peer, and
+//! play a meeting. Thin: every command is a few calls into the `tandem` crate.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod peer;
+
+#[derive(Debug, Parser)]
+#[command(name = "meeting-replay", version, about = "Replay recorded meetings, locally or from a peer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Play a meeting folder (for now: list its tracks and their indexes).
+    Play {
+        /// A meeting folder (with meeting.json).
+        meeting: PathBuf,
+    },
+    /// Print one JSON line per keyframe of a media file, then a summary line.
+    Index {
+        file: PathBuf,
+    },
+    /// Print the keyframe at or before a time and the byte range needed to show it.
+    SeekRange {
+        file: PathBuf,
+        /// Media time: 90, 1:30.5, 1500ms.
+        #[arg(long)]
+        at: String,
+    },
+    /// Serve a folder of meetings to peers.
+    Serve(peer::ServeArgs),
+    /// Print a remote stream's tracks: <id52>/<meeting>.
+    Info(peer::InfoArgs),
+    /// Fetch a byte range of a remote track: <id52>/<meeting>/<track>.
+    Fetch(peer::FetchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Play { meeting } => inspect::play(&meeting),
+        Command::Index { file } => inspect::index(&file),
+        Command::SeekRange { file, at } => inspect::seek_range(&file, &at),
+        Command::Serve(args) => peer::serve(args),
+        Command::Info(args) => peer::info(args),
+        Command::Fetch(args) => peer::fetch(args),
+    }
+}
