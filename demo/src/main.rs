@@ -24,9 +24,7 @@ enum Command {
         meeting: PathBuf,
     },
     /// Print one JSON line per keyframe of a media file, then a summary line.
-    Index {
-        file: PathBuf,
-    },
+    Index { file: PathBuf },
     /// Print the keyframe at or before a time and the byte range needed to show it.
     SeekRange {
         file: PathBuf,

@@ -86,7 +86,9 @@ impl Segment {
         if t < self.start() || self.end().is_some_and(|end| t >= end) {
             return None;
         }
-        Some(t.saturating_sub(self.start()).saturating_add(MediaTime::from_millis(self.media_start_ms as i64)))
+        Some(
+            t.saturating_sub(self.start()).saturating_add(MediaTime::from_millis(self.media_start_ms as i64)),
+        )
     }
 }
 
@@ -121,7 +123,8 @@ impl Manifest {
     }
 
     pub fn from_json(text: &str) -> Result<Manifest, ManifestError> {
-        let manifest: Manifest = serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
+        let manifest: Manifest =
+            serde_json::from_str(text).map_err(|e| ManifestError::Json(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -137,7 +140,10 @@ impl Manifest {
     /// Checks names, files and segment order; what a server relies on before exposing a track.
     pub fn validate(&self) -> Result<(), ManifestError> {
         if !is_safe_name(&self.name) {
-            return Err(ManifestError::Invalid(format!("meeting name {:?} must be 1-128 of [A-Za-z0-9_.-]", self.name)));
+            return Err(ManifestError::Invalid(format!(
+                "meeting name {:?} must be 1-128 of [A-Za-z0-9_.-]",
+                self.name
+            )));
         }
         let mut names = HashSet::new();
         for track in &self.tracks {
@@ -154,19 +160,30 @@ impl Manifest {
             let mut previous_end: Option<u64> = None;
             for segment in &track.segments {
                 if !is_relative_file(&segment.file) {
-                    return Err(fail(format!("file {:?} must be a plain relative path inside the meeting folder", segment.file)));
+                    return Err(fail(format!(
+                        "file {:?} must be a plain relative path inside the meeting folder",
+                        segment.file
+                    )));
                 }
                 if segment.file != first.file {
-                    return Err(fail("segments name different files; split them into separate tracks".into()));
+                    return Err(fail(
+                        "segments name different files; split them into separate tracks".into(),
+                    ));
                 }
                 if let Some(end) = segment.end_ms {
                     if end <= segment.start_ms {
-                        return Err(fail(format!("segment ends ({end} ms) before it starts ({} ms)", segment.start_ms)));
+                        return Err(fail(format!(
+                            "segment ends ({end} ms) before it starts ({} ms)",
+                            segment.start_ms
+                        )));
                     }
                 }
                 match previous_end {
                     Some(prev) if segment.start_ms < prev => {
-                        return Err(fail(format!("segment at {} ms overlaps the one before it", segment.start_ms)));
+                        return Err(fail(format!(
+                            "segment at {} ms overlaps the one before it",
+                            segment.start_ms
+                        )));
                     }
                     _ => {}
                 }

@@ -97,7 +97,8 @@ impl RangeSource for FileSource {
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         check_range(start, len, self.len)?;
         let io_err = |e: std::io::Error| SourceError::Io { start, len, message: e.to_string() };
-        let size = usize::try_from(len).map_err(|_| SourceError::OutOfRange { start, len, size: self.len })?;
+        let size =
+            usize::try_from(len).map_err(|_| SourceError::OutOfRange { start, len, size: self.len })?;
         let mut buf = vec![0u8; size];
         self.file.read_exact_at(&mut buf, start).map_err(io_err)?;
         Ok(Bytes::from(buf))
@@ -161,10 +162,7 @@ mod tests {
     fn bytes_source_slices_and_refuses_past_end() {
         let src = Bytes::from_static(b"0123456789");
         assert_eq!(&src.read_range(2, 3).expect("in range")[..], b"234");
-        assert_eq!(
-            src.read_range(8, 3),
-            Err(SourceError::OutOfRange { start: 8, len: 3, size: 10 })
-        );
+        assert_eq!(src.read_range(8, 3), Err(SourceError::OutOfRange { start: 8, len: 3, size: 10 }));
         assert!(src.read_range(u64::MAX, 2).is_err());
     }
 

@@ -6,7 +6,9 @@ use std::fmt;
 
 /// A point or span of media time in nanoseconds. Signed: edit lists and B-frame reordering can
 /// put decode times before zero.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct MediaTime(i64);
 
 const NANOS_PER_SEC: i128 = 1_000_000_000;

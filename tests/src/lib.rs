@@ -42,7 +42,16 @@ fn tool(name: &str) -> Result<Command> {
 /// `ffprobe -show_packets` for stream 0 of `path`.
 pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
     let out = tool("ffprobe")?
-        .args(["-v", "error", "-select_streams", "0", "-show_entries", "packet=pts_time,dts_time,pos,size,flags", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "0",
+            "-show_entries",
+            "packet=pts_time,dts_time,pos,size,flags",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .context("running ffprobe")?;
@@ -51,7 +60,8 @@ pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
     }
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ffprobe output")?;
     let packets = json["packets"].as_array().cloned().unwrap_or_default();
-    let seconds_to_ms = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).map(|s| s * 1000.0);
+    let seconds_to_ms =
+        |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).map(|s| s * 1000.0);
     Ok(packets
         .iter()
         .map(|p| ProbePacket {
@@ -66,7 +76,11 @@ pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
 
 /// Runs ffmpeg with `args` (inputs, options, output), failing with its stderr.
 pub fn ffmpeg(args: &[&str]) -> Result<()> {
-    let out = tool("ffmpeg")?.args(["-v", "error", "-y", "-nostdin"]).args(args).output().context("running ffmpeg")?;
+    let out = tool("ffmpeg")?
+        .args(["-v", "error", "-y", "-nostdin"])
+        .args(args)
+        .output()
+        .context("running ffmpeg")?;
     if !out.status.success() {
         bail!("ffmpeg {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
     }
@@ -124,5 +138,10 @@ pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
         }
     }
     let cost = index.open_cost();
-    Ok(OracleReport { ours: ours.len(), theirs: theirs.len(), open_bytes: cost.bytes, open_reads: cost.reads })
+    Ok(OracleReport {
+        ours: ours.len(),
+        theirs: theirs.len(),
+        open_bytes: cost.bytes,
+        open_reads: cost.reads,
+    })
 }

@@ -117,7 +117,9 @@ pub struct TrackInfo {
 
 /// Where sample iteration resumes. Table-based containers (MP4) count samples in decode
 /// order; the others resume at a byte offset (a Matroska cluster, an Ogg page, an MP3 frame).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct ReadPos {
     pub offset: u64,
     /// Sample number in decode order (MP4); 0 where the container resumes by offset alone.
@@ -261,7 +263,12 @@ impl TrackIndex {
         self.inner.seek(src, t).map_err(|e| self.err(e))
     }
 
-    pub fn samples(&self, src: &dyn RangeSource, from: ReadPos, max: usize) -> Result<SampleBatch, IndexError> {
+    pub fn samples(
+        &self,
+        src: &dyn RangeSource,
+        from: ReadPos,
+        max: usize,
+    ) -> Result<SampleBatch, IndexError> {
         self.inner.samples(src, from, max).map_err(|e| self.err(e))
     }
 
@@ -271,7 +278,11 @@ impl TrackIndex {
 
     /// The keyframe at or before `t` and the byte range, from that keyframe to the end of the
     /// sample presented at `t`, that must be fetched to show `t`.
-    pub fn range_to_show(&self, src: &dyn RangeSource, t: MediaTime) -> Result<(Keyframe, std::ops::Range<u64>), IndexError> {
+    pub fn range_to_show(
+        &self,
+        src: &dyn RangeSource,
+        t: MediaTime,
+    ) -> Result<(Keyframe, std::ops::Range<u64>), IndexError> {
         let keyframe = self.seek(src, t)?;
         let mut start = keyframe.offset;
         let mut end = keyframe.offset.saturating_add(keyframe.size);
@@ -392,7 +403,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Up to `len` bytes at `offset`, fewer at the end of the source.
-    pub(crate) fn read_up_to(&self, offset: u64, len: u64, element: &'static str) -> Result<Bytes, ParseError> {
+    pub(crate) fn read_up_to(
+        &self,
+        offset: u64,
+        len: u64,
+        element: &'static str,
+    ) -> Result<Bytes, ParseError> {
         let available = self.src.len().saturating_sub(offset);
         self.read(offset, len.min(available), element)
     }
@@ -450,7 +466,12 @@ impl<'a> WindowReader<'a> {
     }
 
     /// Up to `len` bytes at `offset`, fewer at the end of the source.
-    pub(crate) fn read_up_to(&mut self, offset: u64, len: u64, element: &'static str) -> Result<Bytes, ParseError> {
+    pub(crate) fn read_up_to(
+        &mut self,
+        offset: u64,
+        len: u64,
+        element: &'static str,
+    ) -> Result<Bytes, ParseError> {
         let available = self.src.len().saturating_sub(offset);
         self.read(offset, len.min(available), element)
     }

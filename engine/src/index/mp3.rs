@@ -11,7 +11,11 @@ pub(crate) struct Mp3Index {
 
 impl Mp3Index {
     pub(crate) fn open(reader: &Reader<'_>) -> Result<Self, ParseError> {
-        Err(ParseError::Unsupported { element: "mp3", offset: 0, what: format!("{} bytes: not written yet", reader.len()) })
+        Err(ParseError::Unsupported {
+            element: "mp3",
+            offset: 0,
+            what: format!("{} bytes: not written yet", reader.len()),
+        })
     }
 }
 
@@ -25,7 +29,12 @@ impl ContainerIndex for Mp3Index {
     fn seek(&self, _src: &dyn RangeSource, _t: MediaTime) -> Result<Keyframe, ParseError> {
         Err(ParseError::NoSamples)
     }
-    fn samples(&self, _src: &dyn RangeSource, _from: ReadPos, _max: usize) -> Result<SampleBatch, ParseError> {
+    fn samples(
+        &self,
+        _src: &dyn RangeSource,
+        _from: ReadPos,
+        _max: usize,
+    ) -> Result<SampleBatch, ParseError> {
         Err(ParseError::NoSamples)
     }
 }

@@ -11,7 +11,11 @@ pub(crate) struct SubtitleIndex {
 
 impl SubtitleIndex {
     pub(crate) fn open(reader: &Reader<'_>) -> Result<Self, ParseError> {
-        Err(ParseError::Unsupported { element: "subtitles", offset: 0, what: format!("{} bytes: not written yet", reader.len()) })
+        Err(ParseError::Unsupported {
+            element: "subtitles",
+            offset: 0,
+            what: format!("{} bytes: not written yet", reader.len()),
+        })
     }
 }
 
@@ -25,7 +29,12 @@ impl ContainerIndex for SubtitleIndex {
     fn seek(&self, _src: &dyn RangeSource, _t: MediaTime) -> Result<Keyframe, ParseError> {
         Err(ParseError::NoSamples)
     }
-    fn samples(&self, _src: &dyn RangeSource, _from: ReadPos, _max: usize) -> Result<SampleBatch, ParseError> {
+    fn samples(
+        &self,
+        _src: &dyn RangeSource,
+        _from: ReadPos,
+        _max: usize,
+    ) -> Result<SampleBatch, ParseError> {
         Err(ParseError::NoSamples)
     }
 }
