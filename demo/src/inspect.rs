@@ -1,17 +1,106 @@
-//! `index`, `seek-range` and (for now) `play`: what the indexes say about local files.
+//! `index`, `seek-range` and (until the player lands) `play`: what the indexes say about local
+//! files and meeting folders.
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Context, Result};
+use serde_json::json;
+use tandem::index::TrackIndex;
+use tandem::manifest::Manifest;
+use tandem::{FileSource, MediaTime};
 
-pub fn play(_meeting: &Path) -> Result<()> {
-    bail!("not yet")
+fn open(file: &Path) -> Result<(FileSource, TrackIndex)> {
+    let src = FileSource::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let index = TrackIndex::open(&name, &src)?;
+    Ok((src, index))
 }
 
-pub fn index(_file: &Path) -> Result<()> {
-    bail!("not yet")
+fn millis(t: MediaTime) -> f64 {
+    t.as_nanos() as f64 / 1e6
 }
 
-pub fn seek_range(_file: &Path, _at: &str) -> Result<()> {
-    bail!("not yet")
+/// Prints one JSON line per keyframe, then a summary line.
+pub fn index(file: &Path) -> Result<()> {
+    let (src, index) = open(file)?;
+    let keyframes = index.keyframes(&src)?;
+    for k in &keyframes {
+        println!("{}", json!({ "pts_ms": millis(k.pts), "offset": k.offset, "size": k.size }));
+    }
+    println!("{}", summary(&index, keyframes.len()));
+    Ok(())
+}
+
+fn summary(index: &TrackIndex, keyframes: usize) -> serde_json::Value {
+    let info = index.info();
+    let cost = index.open_cost();
+    json!({
+        "summary": true,
+        "container": info.container,
+        "codec": info.codec,
+        "duration_ms": info.duration.map(millis),
+        "timescale": info.timescale,
+        "video": info.video,
+        "audio": info.audio,
+        "keyframes": keyframes,
+        "open_bytes": cost.bytes,
+        "open_reads": cost.reads,
+    })
+}
+
+/// Prints the keyframe at or before `at` and the byte range needed to show that time.
+pub fn seek_range(file: &Path, at: &str) -> Result<()> {
+    let t = MediaTime::parse(at)
+        .ok_or_else(|| anyhow!("cannot read {at:?} as a time (try 90, 1:30.5 or 1500ms)"))?;
+    let (src, index) = open(file)?;
+    let (keyframe, range) = index.range_to_show(&src, t)?;
+    println!(
+        "{}",
+        json!({
+            "at_ms": millis(t),
+            "keyframe_pts_ms": millis(keyframe.pts),
+            "start": range.start,
+            "end": range.end,
+            "bytes": range.end - range.start,
+        })
+    );
+    Ok(())
+}
+
+/// Lists a meeting's tracks and what their indexes say (the player will take this command over).
+pub fn play(meeting: &Path) -> Result<()> {
+    let manifest = Manifest::load(meeting)?;
+    println!("meeting {} ({} tracks)", manifest.name, manifest.tracks.len());
+    for track in &manifest.tracks {
+        let path = meeting.join(track.file());
+        let (src, index) = open(&path)?;
+        let keyframes = index.keyframes(&src)?;
+        let spans: Vec<String> = track
+            .segments
+            .iter()
+            .map(|s| match s.end_ms {
+                Some(end) => format!("{}-{} s", s.start_ms as f64 / 1000.0, end as f64 / 1000.0),
+                None => format!("{} s-", s.start_ms as f64 / 1000.0),
+            })
+            .collect();
+        let info = index.info();
+        let cost = index.open_cost();
+        println!(
+            "  {:<14} {:<9?} {:<8?} {:>9} bytes  on timeline {}  {} keyframes  duration {}  opened with {} reads / {} bytes",
+            track.name,
+            info.container,
+            info.codec,
+            src_len(&src),
+            spans.join(", "),
+            keyframes.len(),
+            info.duration.map(|d| d.to_string()).unwrap_or_else(|| "unknown".into()),
+            cost.reads,
+            cost.bytes,
+        );
+    }
+    Ok(())
+}
+
+fn src_len(src: &FileSource) -> u64 {
+    tandem::RangeSource::len(src)
 }

@@ -41,13 +41,16 @@ impl MediaTime {
         i64::try_from(rounded).ok().map(MediaTime)
     }
 
-    /// The number of whole ticks at `timescale` at or before this time (floor).
+    /// This time in ticks at `timescale`, rounded to the nearest tick (so that
+    /// `from_ticks(t.to_ticks(ts), ts)` gives `t` back for any `t` made from ticks).
     pub fn to_ticks(self, timescale: u64) -> Option<i64> {
         if timescale == 0 {
             return None;
         }
         let n = self.0 as i128 * timescale as i128;
-        i64::try_from(n.div_euclid(NANOS_PER_SEC)).ok()
+        let half = NANOS_PER_SEC / 2;
+        let rounded = if n >= 0 { (n + half) / NANOS_PER_SEC } else { (n - half) / NANOS_PER_SEC };
+        i64::try_from(rounded).ok()
     }
 
     pub const fn as_nanos(self) -> i64 {
