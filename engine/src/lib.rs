@@ -14,6 +14,7 @@
 
 pub mod index;
 pub mod manifest;
+#[cfg(feature = "net")]
 pub mod net;
 pub mod source;
 pub mod time;

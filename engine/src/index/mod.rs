@@ -238,7 +238,22 @@ impl TrackIndex {
     pub fn open(track: &str, src: &dyn RangeSource) -> Result<TrackIndex, IndexError> {
         let track: Arc<str> = Arc::from(track);
         let counted = CountingSource::new(src);
-        let inner = open_container(&counted).map_err(|source| IndexError { track: track.clone(), source })?;
+        let inner =
+            open_with(&counted, None).map_err(|source| IndexError { track: track.clone(), source })?;
+        Ok(TrackIndex { track, inner, open_cost: counted.cost() })
+    }
+
+    /// Builds the index with a given container's parser, whatever the bytes say (fuzzers,
+    /// and apps that already know the format).
+    pub fn open_as(
+        track: &str,
+        src: &dyn RangeSource,
+        container: Container,
+    ) -> Result<TrackIndex, IndexError> {
+        let track: Arc<str> = Arc::from(track);
+        let counted = CountingSource::new(src);
+        let inner = open_with(&counted, Some(container))
+            .map_err(|source| IndexError { track: track.clone(), source })?;
         Ok(TrackIndex { track, inner, open_cost: counted.cost() })
     }
 
@@ -337,17 +352,20 @@ pub fn detect(head: &[u8]) -> Option<Container> {
     None
 }
 
-fn open_container(src: &dyn RangeSource) -> Result<Box<dyn ContainerIndex>, ParseError> {
+fn open_with(
+    src: &dyn RangeSource,
+    container: Option<Container>,
+) -> Result<Box<dyn ContainerIndex>, ParseError> {
     let head_len = src.len().min(HEAD_READ);
     let head = src.read_range(0, head_len)?;
     let reader = Reader::new(src, head.clone());
-    match detect(&head) {
-        Some(Container::Mp4) => Ok(Box::new(mp4::Mp4Index::open(&reader)?)),
+    match container.or_else(|| detect(&head)) {
+        Some(Container::Mp4 | Container::FragmentedMp4) => Ok(Box::new(mp4::Mp4Index::open(&reader)?)),
         Some(Container::Matroska | Container::WebM) => Ok(Box::new(mkv::MkvIndex::open(&reader)?)),
         Some(Container::Ogg) => Ok(Box::new(ogg::OggIndex::open(&reader)?)),
         Some(Container::Mp3) => Ok(Box::new(mp3::Mp3Index::open(&reader)?)),
         Some(Container::WebVtt | Container::Srt) => Ok(Box::new(subtitles::SubtitleIndex::open(&reader)?)),
-        Some(Container::FragmentedMp4) | None => Err(ParseError::UnknownFormat {
+        None => Err(ParseError::UnknownFormat {
             head: head.iter().take(16).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
         }),
     }
