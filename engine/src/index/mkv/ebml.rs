@@ -258,7 +258,8 @@ mod tests {
         assert_eq!(read_vint(&[0x40, 0x02]), Ok((Some(2), 2)));
         assert_eq!(read_vint(&[0x01, 0, 0, 0, 0, 0, 0x01, 0x00]), Ok((Some(256), 8)));
         assert_eq!(read_vint(&[0xFF]), Ok((None, 1)));
-        assert_eq!(read_vint(&[0x7F, 0xFF]), Ok((Some(0x3FFF), 2)), "2-byte all-ones is not the 1-byte marker");
+        assert_eq!(read_vint(&[0x7F, 0xFF]), Ok((None, 2)), "all-ones is unknown at any length");
+        assert_eq!(read_vint(&[0x7F, 0xFE]), Ok((Some(0x3FFE), 2)));
         assert_eq!(read_vint(&[0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]), Ok((None, 8)));
         assert_eq!(
             read_vint(&[0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE]),

@@ -135,9 +135,9 @@ fn header_at(reader: &Reader<'_>, pos: u64, element: &'static str) -> Result<Hea
     })
 }
 
-/// The whole element at `pos` (header and data). Served from the head when it lies there;
-/// otherwise one read of `probe` bytes, plus one for the rest when the element is larger.
-fn read_element(
+/// The header of the element at `pos` and the bytes read with it (starting at `pos`): served
+/// from the head when it lies there, otherwise one read of `probe` bytes.
+fn probe_element(
     reader: &Reader<'_>,
     pos: u64,
     probe: u64,
@@ -145,30 +145,55 @@ fn read_element(
 ) -> Result<(Header, Bytes), ParseError> {
     let head = reader.head();
     let head_len = head.len() as u64;
-    let first = if pos.saturating_add(ebml::MAX_HEADER) <= head_len || (pos < head_len && head_len == reader.len())
-    {
-        head.slice(pos as usize..)
-    } else {
-        reader.read_up_to(pos, probe.max(ebml::MAX_HEADER), element)?
-    };
-    let header = match ebml::read_header(&first, pos) {
-        Ok(h) => h,
-        Err(_) => header_at(reader, pos, element)?,
-    };
+    let in_head = pos.saturating_add(ebml::MAX_HEADER) <= head_len || (pos < head_len && head_len == reader.len());
+    let first =
+        if in_head { head.slice(pos as usize..) } else { reader.read_up_to(pos, probe.max(ebml::MAX_HEADER), element)? };
+    match ebml::read_header(&first, pos) {
+        Ok(h) => Ok((h, first)),
+        Err(HeaderError::Incomplete) => Err(ParseError::Truncated {
+            element,
+            offset: pos,
+            needed: ebml::MAX_HEADER,
+            end: reader.len(),
+        }),
+        Err(HeaderError::Invalid) => Err(ParseError::malformed(element, pos, "invalid element header")),
+    }
+}
+
+/// The data of an element probed with [`probe_element`]; one more read when it is larger than
+/// what the probe brought.
+fn finish_element(
+    reader: &Reader<'_>,
+    header: &Header,
+    first: &Bytes,
+    element: &'static str,
+) -> Result<Bytes, ParseError> {
     let Some(size) = header.size else {
-        return Err(ParseError::malformed(element, pos, "unknown size"));
+        return Err(ParseError::malformed(element, header.offset, "unknown size"));
     };
     let total = header.len.saturating_add(size);
     if total <= first.len() as u64 {
-        return Ok((header, first.slice(header.len as usize..total as usize)));
+        return Ok(first.slice(header.len as usize..total as usize));
     }
     let have = first.len() as u64;
     // Checks the size against the limit and the file before anything is allocated.
-    let rest = reader.read(pos.saturating_add(have), total - have, element)?;
-    let mut data = Vec::with_capacity((total - header.len) as usize);
+    let rest = reader.read(header.offset.saturating_add(have), total - have, element)?;
+    let mut data = Vec::with_capacity(first.len().saturating_sub(header.len as usize) + rest.len());
     data.extend_from_slice(first.get(header.len as usize..).unwrap_or_default());
     data.extend_from_slice(&rest);
-    Ok((header, Bytes::from(data)))
+    Ok(Bytes::from(data))
+}
+
+/// The whole element at `pos`: its header and data.
+fn read_element(
+    reader: &Reader<'_>,
+    pos: u64,
+    probe: u64,
+    element: &'static str,
+) -> Result<(Header, Bytes), ParseError> {
+    let (header, first) = probe_element(reader, pos, probe, element)?;
+    let data = finish_element(reader, &header, &first, element)?;
+    Ok((header, data))
 }
 
 fn child_err(element: &'static str) -> impl Fn(ebml::ChildError) -> ParseError {
@@ -511,12 +536,13 @@ impl MkvIndex {
                 id::TRACKS => "Tracks",
                 _ => "Cues",
             };
-            let Ok(header) = header_at(reader, at, element) else { continue };
+            let Ok((header, first)) = probe_element(reader, at, CUES_PROBE, element) else { continue };
             if header.id != target {
                 // A stale or wrong SeekHead entry: ignore it, as players do.
                 continue;
             }
-            open_element(reader, &header, &mut found, segment_data)?;
+            let data = finish_element(reader, &header, &first, element)?;
+            record_element(&header, data, &mut found, segment_data)?;
         }
         let Some((tracks_header, tracks_data)) = found.tracks.take() else {
             return Err(ParseError::Missing {
@@ -647,28 +673,35 @@ fn parse_doc_type_data(data: &[u8], base: u64) -> Result<String, ParseError> {
     Ok("matroska".to_string())
 }
 
-/// Reads and records one top-level element met at open.
+/// Reads and records one top-level element met at open, if it is one still wanted.
 fn open_element(
     reader: &Reader<'_>,
     header: &Header,
     found: &mut Found,
     segment_data: u64,
 ) -> Result<(), ParseError> {
+    let element = match header.id {
+        id::SEEK_HEAD
+            if found.seek_heads_seen.len() < MAX_SEEK_HEADS && !found.seek_heads_seen.contains(&header.offset) =>
+        {
+            "SeekHead"
+        }
+        id::INFO if found.info.is_none() => "Info",
+        id::TRACKS if found.tracks.is_none() => "Tracks",
+        id::CUES if found.cues.is_none() => "Cues",
+        _ => return Ok(()),
+    };
+    let (header, data) = read_element(reader, header.offset, CUES_PROBE, element)?;
+    record_element(&header, data, found, segment_data)
+}
+
+/// Parses (SeekHead, Info) or keeps (Tracks, Cues) an element read at open.
+fn record_element(header: &Header, data: Bytes, found: &mut Found, segment_data: u64) -> Result<(), ParseError> {
     match header.id {
-        id::SEEK_HEAD if found.seek_heads_seen.len() < MAX_SEEK_HEADS && !found.seek_heads_seen.contains(&header.offset) => {
-            let (h, data) = read_element(reader, header.offset, CUES_PROBE, "SeekHead")?;
-            found.take_seek_head(&data, &h, segment_data)?;
-        }
-        id::INFO if found.info.is_none() => {
-            let (h, data) = read_element(reader, header.offset, CUES_PROBE, "Info")?;
-            found.info = Some(parse_info(&data, h.data_start())?);
-        }
-        id::TRACKS if found.tracks.is_none() => {
-            found.tracks = Some(read_element(reader, header.offset, CUES_PROBE, "Tracks")?);
-        }
-        id::CUES if found.cues.is_none() => {
-            found.cues = Some(read_element(reader, header.offset, CUES_PROBE, "Cues")?);
-        }
+        id::SEEK_HEAD => found.take_seek_head(&data, header, segment_data)?,
+        id::INFO => found.info = Some(parse_info(&data, header.data_start())?),
+        id::TRACKS => found.tracks = Some((*header, data)),
+        id::CUES => found.cues = Some((*header, data)),
         _ => {}
     }
     Ok(())
