@@ -57,6 +57,7 @@ fn assert_cheap_open(path: &Path) -> Result<()> {
     let report = check_against_ffprobe(path)?;
     let file_len = std::fs::metadata(path)?.len();
     let cues = cues_size(path)?;
+    eprintln!("{}: {report:?}, Cues {cues} bytes, file {file_len} bytes", path.display());
     ensure!(report.open_reads <= 3, "{}: {} reads to open", path.display(), report.open_reads);
     ensure!(
         report.open_bytes <= HEAD + cues + 600,
@@ -91,7 +92,18 @@ fn h264_matroska_matches_ffprobe() -> Result<()> {
     let path = make(
         dir.path(),
         "h264.mkv",
-        &["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25:duration=10", "-c:v", "libx264", "-g", "48", "-bf", "2"],
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=10",
+            "-c:v",
+            "libx264",
+            "-g",
+            "48",
+            "-bf",
+            "2",
+        ],
     )?;
     assert_cheap_open(&path)?;
     let src = FileSource::open(&path)?;
@@ -131,7 +143,9 @@ fn matroska_without_cues_walks_clusters() -> Result<()> {
 fn opus_and_vorbis_webm_match_ffprobe() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let sine = ["-f", "lavfi", "-i", "sine=frequency=440:duration=6"];
-    for (name, encoder, codec) in [("opus.webm", "libopus", Codec::Opus), ("vorbis.webm", "libvorbis", Codec::Vorbis)] {
+    for (name, encoder, codec) in
+        [("opus.webm", "libopus", Codec::Opus), ("vorbis.webm", "libvorbis", Codec::Vorbis)]
+    {
         let mut args = sine.to_vec();
         args.extend(["-c:a", encoder]);
         let path = make(dir.path(), name, &args)?;
@@ -232,7 +246,10 @@ fn check_seek(index: &TrackIndex, src: &FileSource, vp8: bool) -> Result<()> {
         let first = batch.samples.first().context("samples after a keyframe")?;
         assert!(first.keyframe, "seek({t}): first sample is a keyframe");
         assert_eq!(first.pts, k.pts, "seek({t})");
-        assert!(k.offset <= first.offset && first.end() <= k.offset + k.size, "seek({t}): sample inside keyframe range");
+        assert!(
+            k.offset <= first.offset && first.end() <= k.offset + k.size,
+            "seek({t}): sample inside keyframe range"
+        );
         if vp8 {
             let data = index.sample_data(src, first)?;
             assert_eq!(data.get(3..6), Some(&[0x9d, 0x01, 0x2a][..]), "seek({t}): VP8 keyframe start code");
@@ -240,6 +257,62 @@ fn check_seek(index: &TrackIndex, src: &FileSource, vp8: bool) -> Result<()> {
         let (kf, range) = index.range_to_show(src, t)?;
         assert_eq!(kf, k);
         assert!(range.start <= first.offset && range.end >= first.end());
+    }
+    Ok(())
+}
+
+#[test]
+fn gstreamer_webm_with_cues_matches_ffprobe() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("gst.webm");
+    let location = format!("location={}", path.to_str().context("utf-8 path")?);
+    let out = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=240", "!", "video/x-raw,framerate=30/1", "!"])
+        .args(["vp8enc", "keyframe-max-dist=30", "!", "webmmux", "!", "filesink", &location])
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => bail!("gst-launch-1.0 is required for this test: {e}"),
+    };
+    ensure!(out.status.success(), "gst-launch: {}", String::from_utf8_lossy(&out.stderr));
+    assert_cheap_open(&path)?;
+    let src = FileSource::open(&path)?;
+    let index = TrackIndex::open("gst", &src)?;
+    assert_eq!(index.keyframes(&src)?.len(), 8);
+    check_seek(&index, &src, true)
+}
+
+#[test]
+fn ffmpeg_video_with_audio_and_cues_in_front() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let inputs = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=24:duration=10",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=10",
+        "-c:v",
+        "libvpx",
+        "-g",
+        "40",
+        "-c:a",
+        "libopus",
+    ];
+    let back = make(dir.path(), "av.webm", &inputs)?;
+    assert_cheap_open(&back)?;
+    let mut front_args = inputs.to_vec();
+    front_args.extend(["-cues_to_front", "1"]);
+    let front = make(dir.path(), "av-front.webm", &front_args)?;
+    let report = check_against_ffprobe(&front)?;
+    assert!(report.open_reads <= 2, "{report:?}");
+    for path in [back, front] {
+        let src = FileSource::open(&path)?;
+        let index = TrackIndex::open("av", &src)?;
+        assert_eq!(index.info().codec, Codec::Vp8, "video is chosen over audio");
+        check_seek(&index, &src, true)?;
     }
     Ok(())
 }

@@ -239,7 +239,10 @@ impl<'a> Iterator for Children<'a> {
             return fail(self, ChildErrorKind::UnknownSize);
         };
         let start = header.len as usize;
-        let body = usize::try_from(size).ok().and_then(|s| start.checked_add(s)).and_then(|end| rest.get(start..end));
+        let body = usize::try_from(size)
+            .ok()
+            .and_then(|s| start.checked_add(s))
+            .and_then(|end| rest.get(start..end));
         let Some(body) = body else {
             return fail(self, ChildErrorKind::PastParent);
         };
@@ -298,10 +301,7 @@ mod tests {
         let mut it = children(&data, 100);
         let (h, body) = it.next().expect("first").expect("ok");
         assert_eq!((h.id, h.offset, body), (id::TIMESTAMP, 100, &[5u8][..]));
-        assert_eq!(
-            it.next(),
-            Some(Err(ChildError { offset: 103, kind: ChildErrorKind::PastParent }))
-        );
+        assert_eq!(it.next(), Some(Err(ChildError { offset: 103, kind: ChildErrorKind::PastParent })));
         assert_eq!(it.next(), None);
     }
 }

@@ -145,17 +145,18 @@ fn probe_element(
 ) -> Result<(Header, Bytes), ParseError> {
     let head = reader.head();
     let head_len = head.len() as u64;
-    let in_head = pos.saturating_add(ebml::MAX_HEADER) <= head_len || (pos < head_len && head_len == reader.len());
-    let first =
-        if in_head { head.slice(pos as usize..) } else { reader.read_up_to(pos, probe.max(ebml::MAX_HEADER), element)? };
+    let in_head =
+        pos.saturating_add(ebml::MAX_HEADER) <= head_len || (pos < head_len && head_len == reader.len());
+    let first = if in_head {
+        head.slice(pos as usize..)
+    } else {
+        reader.read_up_to(pos, probe.max(ebml::MAX_HEADER), element)?
+    };
     match ebml::read_header(&first, pos) {
         Ok(h) => Ok((h, first)),
-        Err(HeaderError::Incomplete) => Err(ParseError::Truncated {
-            element,
-            offset: pos,
-            needed: ebml::MAX_HEADER,
-            end: reader.len(),
-        }),
+        Err(HeaderError::Incomplete) => {
+            Err(ParseError::Truncated { element, offset: pos, needed: ebml::MAX_HEADER, end: reader.len() })
+        }
         Err(HeaderError::Invalid) => Err(ParseError::malformed(element, pos, "invalid element header")),
     }
 }
@@ -244,8 +245,9 @@ fn parse_info(data: &[u8], base: u64) -> Result<(u64, Option<f64>), ParseError> 
         let (h, body) = child.map_err(child_err("Info"))?;
         match h.id {
             id::TIMESTAMP_SCALE => {
-                scale = ebml::read_uint(body)
-                    .ok_or_else(|| ParseError::malformed("Info", h.offset, "TimestampScale longer than 8 bytes"))?;
+                scale = ebml::read_uint(body).ok_or_else(|| {
+                    ParseError::malformed("Info", h.offset, "TimestampScale longer than 8 bytes")
+                })?;
             }
             id::DURATION => duration = ebml::read_float(body),
             _ => {}
@@ -258,7 +260,8 @@ fn parse_info(data: &[u8], base: u64) -> Result<(u64, Option<f64>), ParseError> 
 }
 
 fn uint_child(body: &[u8], h: &Header, element: &'static str) -> Result<u64, ParseError> {
-    ebml::read_uint(body).ok_or_else(|| ParseError::malformed(element, h.offset, "integer longer than 8 bytes"))
+    ebml::read_uint(body)
+        .ok_or_else(|| ParseError::malformed(element, h.offset, "integer longer than 8 bytes"))
 }
 
 fn parse_track_entry(data: &[u8], base: u64) -> Result<TrackEntry, ParseError> {
@@ -308,9 +311,15 @@ fn parse_track_entry(data: &[u8], base: u64) -> Result<TrackEntry, ParseError> {
                         _ => {}
                     }
                 }
-                let rate = if rate.is_finite() && rate >= 0.0 { rate.round().min(u32::MAX as f64) as u32 } else { 0 };
-                entry.audio =
-                    Some(AudioInfo { sample_rate: rate, channels: u32::try_from(channels).unwrap_or(u32::MAX) });
+                let rate = if rate.is_finite() && rate >= 0.0 {
+                    rate.round().min(u32::MAX as f64) as u32
+                } else {
+                    0
+                };
+                entry.audio = Some(AudioInfo {
+                    sample_rate: rate,
+                    channels: u32::try_from(channels).unwrap_or(u32::MAX),
+                });
             }
             _ => {}
         }
@@ -572,7 +581,7 @@ impl MkvIndex {
         };
         let duration = duration_ticks.and_then(|d| {
             let ns = d * scale as f64;
-            (ns.is_finite() && ns >= 0.0 && ns < 9.0e18).then(|| MediaTime::from_nanos(ns.round() as i64))
+            (0.0..9.0e18).contains(&ns).then(|| MediaTime::from_nanos(ns.round() as i64))
         });
         let cues = match &found.cues {
             Some((h, data)) => parse_cues(data, h.data_start(), entry.number, segment_data, file_len)?,
@@ -620,13 +629,20 @@ impl MkvIndex {
             pts: self.time(i64::try_from(cue.ticks).unwrap_or(i64::MAX)),
             offset: cue.cluster,
             size: end - cue.cluster,
-            pos: ReadPos { offset: cue.cluster, sample: cue.relative.and_then(|r| encode_resume(r, 0)).unwrap_or(0) },
+            pos: ReadPos {
+                offset: cue.cluster,
+                sample: cue.relative.and_then(|r| encode_resume(r, 0)).unwrap_or(0),
+            },
         }
     }
 
     /// Walks clusters from the start, collecting keyframes; stops after the first cluster with
     /// a keyframe later than `until`.
-    fn walk_keyframes(&self, src: &dyn RangeSource, until: Option<MediaTime>) -> Result<Vec<Keyframe>, ParseError> {
+    fn walk_keyframes(
+        &self,
+        src: &dyn RangeSource,
+        until: Option<MediaTime>,
+    ) -> Result<Vec<Keyframe>, ParseError> {
         let mut w = Walker::new(src, self.segment_end);
         let mut out = Vec::new();
         let mut pos = self.walk_start;
@@ -682,7 +698,8 @@ fn open_element(
 ) -> Result<(), ParseError> {
     let element = match header.id {
         id::SEEK_HEAD
-            if found.seek_heads_seen.len() < MAX_SEEK_HEADS && !found.seek_heads_seen.contains(&header.offset) =>
+            if found.seek_heads_seen.len() < MAX_SEEK_HEADS
+                && !found.seek_heads_seen.contains(&header.offset) =>
         {
             "SeekHead"
         }
@@ -696,7 +713,12 @@ fn open_element(
 }
 
 /// Parses (SeekHead, Info) or keeps (Tracks, Cues) an element read at open.
-fn record_element(header: &Header, data: Bytes, found: &mut Found, segment_data: u64) -> Result<(), ParseError> {
+fn record_element(
+    header: &Header,
+    data: Bytes,
+    found: &mut Found,
+    segment_data: u64,
+) -> Result<(), ParseError> {
     match header.id {
         id::SEEK_HEAD => found.take_seek_head(&data, header, segment_data)?,
         id::INFO => found.info = Some(parse_info(&data, header.data_start())?),
@@ -793,12 +815,21 @@ impl<'a> Walker<'a> {
             // Garbage up to the end: nothing more to index.
             return Ok(self.segment_end);
         }
-        Err(ParseError::malformed("Cluster", from, format!("no Cluster within {RESYNC_LIMIT} bytes of damaged data")))
+        Err(ParseError::malformed(
+            "Cluster",
+            from,
+            format!("no Cluster within {RESYNC_LIMIT} bytes of damaged data"),
+        ))
     }
 
     /// Walks one cluster's children, calling `on_block` for each block of `track` until it
     /// returns false. Returns the offset after the cluster.
-    fn walk_cluster(&mut self, cluster: &Header, track: u64, on_block: &mut OnBlock<'_>) -> Result<u64, ParseError> {
+    fn walk_cluster(
+        &mut self,
+        cluster: &Header,
+        track: u64,
+        on_block: &mut OnBlock<'_>,
+    ) -> Result<u64, ParseError> {
         let known_end = cluster.end().map(|e| e.min(self.segment_end));
         let limit = known_end.unwrap_or(self.segment_end);
         let mut pos = cluster.data_start();
@@ -852,7 +883,8 @@ impl<'a> Walker<'a> {
         track: u64,
         timestamp: Option<u64>,
     ) -> Result<Option<BlockRef>, ParseError> {
-        let (element, block_start, block_end, mut keyframe_flag, duration) = if header.id == id::SIMPLE_BLOCK {
+        let (element, block_start, block_end, mut keyframe_flag, duration) = if header.id == id::SIMPLE_BLOCK
+        {
             ("SimpleBlock", header.data_start(), end, None, None)
         } else {
             let mut pos = header.data_start();
@@ -862,11 +894,19 @@ impl<'a> Walker<'a> {
             while pos < end {
                 let h = match self.header(pos, "BlockGroup")? {
                     Ok(h) => h,
-                    Err(_) => return Err(ParseError::malformed("BlockGroup", pos, "invalid child element header")),
+                    Err(_) => {
+                        return Err(ParseError::malformed("BlockGroup", pos, "invalid child element header"))
+                    }
                 };
                 let child_end = match h.end() {
                     Some(e) if e <= end => e,
-                    _ => return Err(ParseError::malformed("BlockGroup", pos, "child element extends past its parent")),
+                    _ => {
+                        return Err(ParseError::malformed(
+                            "BlockGroup",
+                            pos,
+                            "child element extends past its parent",
+                        ))
+                    }
                 };
                 match h.id {
                     id::BLOCK => block = Some((h.data_start(), child_end)),
@@ -900,7 +940,11 @@ impl<'a> Walker<'a> {
             return Err(ParseError::malformed(element, block_start, "block header shorter than 4 bytes"));
         };
         let Some(cluster_ticks) = timestamp else {
-            return Err(ParseError::malformed("Cluster", header.offset, "block before the cluster Timestamp"));
+            return Err(ParseError::malformed(
+                "Cluster",
+                header.offset,
+                "block before the cluster Timestamp",
+            ));
         };
         let relative = i64::from(i16::from_be_bytes([t0, t1]));
         let ticks = i64::try_from(cluster_ticks).unwrap_or(i64::MAX).saturating_add(relative);
@@ -948,7 +992,7 @@ fn block_frames(w: &mut WindowReader<'_>, block: &BlockRef) -> Result<Vec<(u64, 
         }
         2 => {
             let total = len - 1;
-            if total % count as u64 != 0 {
+            if !total.is_multiple_of(count as u64) {
                 return Err(bad("fixed-size frames do not divide the block"));
             }
             sizes.resize(count - 1, total / count as u64);
@@ -975,7 +1019,8 @@ fn block_frames(w: &mut WindowReader<'_>, block: &BlockRef) -> Result<Vec<(u64, 
             }
         }
     }
-    let used = sizes.iter().try_fold(pos as u64, |acc, &s| acc.checked_add(s)).ok_or_else(|| bad("overflow"))?;
+    let used =
+        sizes.iter().try_fold(pos as u64, |acc, &s| acc.checked_add(s)).ok_or_else(|| bad("overflow"))?;
     let last = len.checked_sub(used).ok_or_else(|| bad("frames larger than the block"))?;
     sizes.push(last);
     let mut frames = Vec::with_capacity(count);
@@ -1001,7 +1046,8 @@ impl ContainerIndex for MkvIndex {
 
     fn seek(&self, src: &dyn RangeSource, t: MediaTime) -> Result<Keyframe, ParseError> {
         if !self.cues.is_empty() {
-            let after = self.cues.partition_point(|c| self.time(i64::try_from(c.ticks).unwrap_or(i64::MAX)) <= t);
+            let after =
+                self.cues.partition_point(|c| self.time(i64::try_from(c.ticks).unwrap_or(i64::MAX)) <= t);
             let cue = self.cues.get(after.saturating_sub(1)).ok_or(ParseError::NoSamples)?;
             return Ok(self.cue_keyframe(cue));
         }
@@ -1017,7 +1063,13 @@ impl ContainerIndex for MkvIndex {
         let mut w = Walker::new(src, self.segment_end);
         let first = match w.header(from.offset, "Cluster")? {
             Ok(h) if h.id == id::CLUSTER => h,
-            _ => return Err(ParseError::malformed("Cluster", from.offset, "no Cluster at the resume position")),
+            _ => {
+                return Err(ParseError::malformed(
+                    "Cluster",
+                    from.offset,
+                    "no Cluster at the resume position",
+                ))
+            }
         };
         let mut resume = decode_resume(from.sample);
         let mut cluster = Some(first);

@@ -82,11 +82,15 @@ fn cluster_with(how: Size, timestamp: u64, blocks: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn track_entry(number: u64, kind: u64, codec: &str) -> Vec<u8> {
-    let mut parts = vec![uint(id::TRACK_NUMBER, number), uint(id::TRACK_TYPE, kind), el(id::CODEC_ID, codec.as_bytes())];
+    let mut parts =
+        vec![uint(id::TRACK_NUMBER, number), uint(id::TRACK_TYPE, kind), el(id::CODEC_ID, codec.as_bytes())];
     if kind == 1 {
         parts.push(el(id::VIDEO, &cat(&[uint(id::PIXEL_WIDTH, 320), uint(id::PIXEL_HEIGHT, 240)])));
     } else if kind == 2 {
-        parts.push(el(id::AUDIO, &cat(&[el(id::SAMPLING_FREQUENCY, &48000f32.to_be_bytes()), uint(id::CHANNELS, 2)])));
+        parts.push(el(
+            id::AUDIO,
+            &cat(&[el(id::SAMPLING_FREQUENCY, &48000f32.to_be_bytes()), uint(id::CHANNELS, 2)]),
+        ));
         parts.push(el(id::CODEC_PRIVATE, b"OpusHead\x01\x02"));
     }
     el(id::TRACK_ENTRY, &cat(&parts))
@@ -122,10 +126,18 @@ impl Mkv {
     /// Returns the file and the absolute offsets of its clusters.
     fn build(&self) -> (Bytes, Vec<u64>) {
         let ebml = el(id::EBML, &cat(&[uint(0x4286, 1), el(id::DOC_TYPE, self.doc_type.as_bytes())]));
-        let info = el(id::INFO, &cat(&[uint(id::TIMESTAMP_SCALE, 1_000_000), el(id::DURATION, &5000f64.to_be_bytes())]));
+        let info = el(
+            id::INFO,
+            &cat(&[uint(id::TIMESTAMP_SCALE, 1_000_000), el(id::DURATION, &5000f64.to_be_bytes())]),
+        );
         let seek_head = |info_at: u64, tracks_at: u64, cues_at: u64| {
-            let seek = |target: u32, at: u64| el(id::SEEK, &cat(&[el(id::SEEK_ID, &id_bytes(target)), uint8(id::SEEK_POSITION, at)]));
-            el(id::SEEK_HEAD, &cat(&[seek(id::INFO, info_at), seek(id::TRACKS, tracks_at), seek(id::CUES, cues_at)]))
+            let seek = |target: u32, at: u64| {
+                el(id::SEEK, &cat(&[el(id::SEEK_ID, &id_bytes(target)), uint8(id::SEEK_POSITION, at)]))
+            };
+            el(
+                id::SEEK_HEAD,
+                &cat(&[seek(id::INFO, info_at), seek(id::TRACKS, tracks_at), seek(id::CUES, cues_at)]),
+            )
         };
         let sh_len = if self.seek_head { seek_head(0, 0, 0).len() } else { 0 };
         let void = if self.padding > 0 { el(id::VOID, &vec![0u8; self.padding]) } else { Vec::new() };
@@ -140,7 +152,11 @@ impl Mkv {
         let cues_at = at;
         let mut body = Vec::new();
         if self.seek_head {
-            body.extend(seek_head(info_at, tracks_at, if self.cues.is_empty() { u64::MAX / 2 } else { cues_at }));
+            body.extend(seek_head(
+                info_at,
+                tracks_at,
+                if self.cues.is_empty() { u64::MAX / 2 } else { cues_at },
+            ));
         }
         body.extend(&info);
         body.extend(&self.tracks);
@@ -172,7 +188,15 @@ impl Mkv {
 /// Three clusters of video (track 2) with audio (track 1) interleaved; keyframes at 0 and 80.
 fn three_clusters(how: Size) -> Vec<Vec<u8>> {
     vec![
-        cluster_with(how, 0, &[simple_block(2, 0, true, b"KEY0"), simple_block(1, 0, true, b"a0"), simple_block(2, 40, false, b"p40")]),
+        cluster_with(
+            how,
+            0,
+            &[
+                simple_block(2, 0, true, b"KEY0"),
+                simple_block(1, 0, true, b"a0"),
+                simple_block(2, 40, false, b"p40"),
+            ],
+        ),
         cluster_with(how, 80, &[simple_block(2, 0, true, b"KEY80"), simple_block(2, 40, false, b"p120")]),
         cluster_with(how, 160, &[simple_block(2, 0, false, b"p160"), simple_block(1, 5, true, b"a165")]),
     ]
@@ -227,10 +251,16 @@ fn opens_chooses_video_and_walks_clusters_without_cues() {
             .iter()
             .map(|s| (s.pts.as_millis(), s.keyframe, index.sample_data(&file, s).expect("data")))
             .collect();
-        let want: Vec<(i64, bool, Bytes)> = [(0, true, "KEY0"), (40, false, "p40"), (80, true, "KEY80"), (120, false, "p120"), (160, false, "p160")]
-            .iter()
-            .map(|&(t, k, d)| (t, k, Bytes::from_static(d.as_bytes())))
-            .collect();
+        let want: Vec<(i64, bool, Bytes)> = [
+            (0, true, "KEY0"),
+            (40, false, "p40"),
+            (80, true, "KEY80"),
+            (120, false, "p120"),
+            (160, false, "p160"),
+        ]
+        .iter()
+        .map(|&(t, k, d)| (t, k, Bytes::from_static(d.as_bytes())))
+        .collect();
         assert_eq!(got, want);
         assert_eq!(batch.next, None);
     }
@@ -267,7 +297,10 @@ fn cues_give_keyframes_and_seek_without_reading_clusters() {
     assert!(cost.bytes <= 4096 + 512, "{cost:?}");
     let keyframes = index.keyframes(&file).expect("cues");
     assert_eq!(keyframes.iter().map(|k| k.pts).collect::<Vec<_>>(), vec![ms(0), ms(80), ms(240)]);
-    assert_eq!(keyframes.iter().map(|k| k.offset).collect::<Vec<_>>(), vec![clusters[0], clusters[1], clusters[3]]);
+    assert_eq!(
+        keyframes.iter().map(|k| k.offset).collect::<Vec<_>>(),
+        vec![clusters[0], clusters[1], clusters[3]]
+    );
     assert_eq!(keyframes[1].size, clusters[3] - clusters[1], "to the next cued cluster");
     // seek uses the cues: a source that fails every read still answers.
     let empty = Bytes::new();
@@ -302,14 +335,23 @@ fn lacing_xiph_fixed_and_ebml() {
     let mut mkv = Mkv::new(vec![cluster_with(Size::Minimal, 0, &blocks)]);
     mkv.tracks = el(
         id::TRACKS,
-        &el(id::TRACK_ENTRY, &cat(&[uint(id::TRACK_NUMBER, 2), uint(id::TRACK_TYPE, 1), el(id::CODEC_ID, b"V_VP8"), uint(id::DEFAULT_DURATION, 10_000_000)])),
+        &el(
+            id::TRACK_ENTRY,
+            &cat(&[
+                uint(id::TRACK_NUMBER, 2),
+                uint(id::TRACK_TYPE, 1),
+                el(id::CODEC_ID, b"V_VP8"),
+                uint(id::DEFAULT_DURATION, 10_000_000),
+            ]),
+        ),
     );
     let (file, _) = mkv.build();
     let index = open(&file).expect("opens");
     let first = index.keyframes(&file).expect("walks")[0];
     let batch = index.samples(&file, first.pos, 100).expect("samples");
     let data: Vec<Bytes> = batch.samples.iter().map(|s| index.sample_data(&file, s).expect("data")).collect();
-    let want: Vec<&[u8]> = vec![b"aaa", b"bbbbb", b"cc", b"dddd", b"eeee", b"ffff", b"ggg", b"hhhhh", b"ii", &big, b"k"];
+    let want: Vec<&[u8]> =
+        vec![b"aaa", b"bbbbb", b"cc", b"dddd", b"eeee", b"ffff", b"ggg", b"hhhhh", b"ii", &big, b"k"];
     assert_eq!(data.iter().map(|d| &d[..]).collect::<Vec<_>>(), want);
     assert_eq!(batch.samples.iter().take(3).map(|s| s.pts.as_millis()).collect::<Vec<_>>(), vec![0, 10, 20]);
     assert!(batch.samples.iter().all(|s| s.duration == ms(10) && s.keyframe));
@@ -374,7 +416,11 @@ fn damaged_inputs_give_typed_errors_or_index_what_is_there() {
     mkv.tracks = tracks;
     mkv.seek_head = false;
     let (file, _) = mkv.build();
-    assert!(matches!(open(&file), Err(ParseError::TooLarge { element: "Tracks", .. })), "{:?}", open(&file).err());
+    assert!(
+        matches!(open(&file), Err(ParseError::TooLarge { element: "Tracks", .. })),
+        "{:?}",
+        open(&file).err()
+    );
 
     // No Tracks at all.
     let mut mkv = Mkv::new(three_clusters(Size::Minimal));
@@ -416,7 +462,11 @@ fn damaged_inputs_give_typed_errors_or_index_what_is_there() {
     bytes[at + 5] = 0xBB;
     bytes[at + 6] = 0xFE; // CuePoint size 126, past the Cues.
     let file = Bytes::from(bytes);
-    assert!(matches!(open(&file), Err(ParseError::Malformed { element: "Cues", .. })), "{:?}", open(&file).err());
+    assert!(
+        matches!(open(&file), Err(ParseError::Malformed { element: "Cues", .. })),
+        "{:?}",
+        open(&file).err()
+    );
 
     // samples() at a position that is no cluster.
     let (file, _) = Mkv::new(three_clusters(Size::Minimal)).build();
@@ -432,8 +482,11 @@ fn damaged_inputs_give_typed_errors_or_index_what_is_there() {
 fn seek_head_loops_and_self_references_terminate() {
     // SeekHead whose entries point at itself (SeekPosition 0) and at a SeekHead that points
     // back: opening follows each once and ignores the rest.
-    let seek = |target: u32, at: u64| el(id::SEEK, &cat(&[el(id::SEEK_ID, &id_bytes(target)), uint8(id::SEEK_POSITION, at)]));
-    let first = el(id::SEEK_HEAD, &cat(&[seek(id::SEEK_HEAD, 0), seek(id::SEEK_HEAD, 1000), seek(id::CUES, 5000)]));
+    let seek = |target: u32, at: u64| {
+        el(id::SEEK, &cat(&[el(id::SEEK_ID, &id_bytes(target)), uint8(id::SEEK_POSITION, at)]))
+    };
+    let first =
+        el(id::SEEK_HEAD, &cat(&[seek(id::SEEK_HEAD, 0), seek(id::SEEK_HEAD, 1000), seek(id::CUES, 5000)]));
     let info = el(id::INFO, &uint(id::TIMESTAMP_SCALE, 1_000_000));
     let tracks = el(id::TRACKS, &track_entry(2, 1, "V_VP8"));
     // Pad so a second SeekHead sits at segment offset 1000, pointing back to 0 and to itself.
@@ -453,10 +506,22 @@ fn seek_head_loops_and_self_references_terminate() {
 
 #[test]
 fn audio_codec_delay_shifts_like_ffmpeg() {
-    let mut mkv = Mkv::new(vec![cluster_with(Size::Minimal, 0, &[simple_block(1, 0, true, b"a"), simple_block(1, 20, true, b"b")])]);
+    let mut mkv = Mkv::new(vec![cluster_with(
+        Size::Minimal,
+        0,
+        &[simple_block(1, 0, true, b"a"), simple_block(1, 20, true, b"b")],
+    )]);
     mkv.tracks = el(
         id::TRACKS,
-        &el(id::TRACK_ENTRY, &cat(&[uint(id::TRACK_NUMBER, 1), uint(id::TRACK_TYPE, 2), el(id::CODEC_ID, b"A_OPUS"), uint(id::CODEC_DELAY, 6_500_000)])),
+        &el(
+            id::TRACK_ENTRY,
+            &cat(&[
+                uint(id::TRACK_NUMBER, 1),
+                uint(id::TRACK_TYPE, 2),
+                el(id::CODEC_ID, b"A_OPUS"),
+                uint(id::CODEC_DELAY, 6_500_000),
+            ]),
+        ),
     );
     let (file, _) = mkv.build();
     let index = open(&file).expect("opens");
@@ -493,7 +558,11 @@ fn mutated_files_never_panic() {
                 }
             }
             let _ = index.seek(&src, ms(100));
-            let _ = index.samples(&src, ReadPos { offset: rng.gen_range(0..RangeSource::len(&src).max(1)), sample: rng.gen() }, 8);
+            let _ = index.samples(
+                &src,
+                ReadPos { offset: rng.gen_range(0..RangeSource::len(&src).max(1)), sample: rng.gen() },
+                8,
+            );
         }
     }
 }
