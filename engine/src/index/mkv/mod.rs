@@ -11,7 +11,7 @@
 //! The 4 KiB head read for detection normally holds the EBML header, the Segment header, the
 //! SeekHead, Info and Tracks. The SeekHead (followed into further SeekHeads, each visited once)
 //! locates Info, Tracks and Cues when they are not in the head; Cues are read with one
-//! speculative read of [`CUES_PROBE`] bytes, plus one more when they are larger. Clusters are
+//! speculative read of `CUES_PROBE` bytes, plus one more when they are larger. Clusters are
 //! never read at open. The chosen track is the first video track, else the first audio track,
 //! else the first track.
 //!
@@ -21,14 +21,14 @@
 //! integral; [`MediaTime`] is exact either way). For audio tracks the CodecDelay, rounded to
 //! ticks, is subtracted, as ffmpeg does (Opus pre-skip shows as a first packet before zero);
 //! video times are never shifted.
-//! - With Cues, [`MkvIndex::keyframes`] is one keyframe per CuePoint of the track and
-//!   [`MkvIndex::seek`] is a binary search over them, with no reads. A keyframe's `offset` is
+//! - With Cues, `keyframes` is one keyframe per CuePoint of the track and
+//!   `seek` is a binary search over them, with no reads. A keyframe's `offset` is
 //!   its cluster's offset (CueClusterPosition + the Segment data start) and its `size` runs to
 //!   the next cued cluster (or the Segment end), which covers the whole cluster without reading
 //!   its header. Cues are trusted to list every keyframe (ffmpeg, mkvmerge, libwebm and
 //!   GStreamer all cue every video keyframe).
 //! - Without Cues (live writers, MediaRecorder), both walk cluster and block headers forward
-//!   with a [`WindowReader`], skipping payloads; `seek` stops at the first cluster holding a
+//!   with a `WindowReader`, skipping payloads; `seek` stops at the first cluster holding a
 //!   keyframe after `t`. Video lists every keyframe block; audio and text (every packet is a
 //!   sync point) list the first keyframe of each cluster. `size` is the exact cluster size
 //!   (for unknown-size clusters, up to the next top-level element).
@@ -41,7 +41,7 @@
 //!
 //! # Damaged files
 //! Files cut short (a recorder killed mid-write) index up to the last complete block. Garbage
-//! between clusters is skipped by scanning up to [`RESYNC_LIMIT`] bytes for the Cluster ID.
+//! between clusters is skipped by scanning up to `RESYNC_LIMIT` bytes for the Cluster ID.
 //! Tracks with ContentEncodings (compression, encryption) are refused as unsupported.
 
 mod ebml;
