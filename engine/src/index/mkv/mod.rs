@@ -5,7 +5,7 @@
 //! `Read + Seek`: they neither expose the byte offsets of clusters and blocks nor let the caller
 //! decide which ranges are fetched. tandem reads tracks from a peer across the network, so it
 //! needs exactly those offsets and the fewest, smallest range reads: the EBML primitives in
-//! [`ebml`] are parsed from byte slices, and this module decides what to read.
+//! `ebml` are parsed from byte slices, and this module decides what to read.
 //!
 //! # Opening
 //! The 4 KiB head read for detection normally holds the EBML header, the Segment header, the
