@@ -52,3 +52,13 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// True when run by `cargo bench` (which passes `--bench`). `cargo test --all-targets` also runs
+/// bench binaries, without that flag: they then only check that they start, and exit.
+pub fn invoked_as_bench() -> bool {
+    let bench = std::env::args().any(|a| a == "--bench");
+    if !bench {
+        eprintln!("benchmark built; run it with `cargo bench` (skipped under `cargo test`)");
+    }
+    bench
+}
