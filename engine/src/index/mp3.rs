@@ -25,8 +25,8 @@
 use std::sync::{Arc, OnceLock};
 
 use super::{
-    AudioInfo, Codec, Container, ContainerIndex, Keyframe, ParseError, ReadPos, Reader, Sample,
-    SampleBatch, TrackInfo, WindowReader,
+    AudioInfo, Codec, Container, ContainerIndex, Keyframe, ParseError, ReadPos, Reader, Sample, SampleBatch,
+    TrackInfo, WindowReader,
 };
 use crate::source::RangeSource;
 use crate::time::MediaTime;
@@ -85,7 +85,15 @@ impl FrameHeader {
         };
         let padding = (h >> 9) & 1 == 1;
         let len = coeff * bitrate_kbps * 1000 / sample_rate + padding as u32;
-        Some(FrameHeader { version, bitrate_kbps, sample_rate, padding, mono: (h >> 6) & 3 == 3, len, samples })
+        Some(FrameHeader {
+            version,
+            bitrate_kbps,
+            sample_rate,
+            padding,
+            mono: (h >> 6) & 3 == 3,
+            len,
+            samples,
+        })
     }
 
     /// Whether `other` can follow this frame in the same stream.
@@ -215,7 +223,6 @@ pub(crate) struct Mp3Index {
     first: FrameHeader,
     /// Offset of the first audio frame (after the ID3v2 tag and the Xing frame).
     audio_start: u64,
-    vbr: Option<VbrHeader>,
     /// Every audio frame, built on first use.
     table: OnceLock<Arc<Vec<FrameRef>>>,
 }
@@ -269,8 +276,12 @@ impl Mp3Index {
         let duration = match frames {
             Some(f) => MediaTime::from_ticks(f as i64 * first.samples as i64, rate),
             None => {
-                let bits = len.saturating_sub(audio_start).saturating_mul(8);
-                MediaTime::from_ticks(i64::try_from(bits).unwrap_or(i64::MAX), first.bitrate_kbps as u64 * 1000)
+                let bytes = vbr.as_ref().and_then(|v| v.bytes).map(u64::from).filter(|&b| b > 0 && b <= len);
+                let bits = bytes.unwrap_or(len.saturating_sub(audio_start)).saturating_mul(8);
+                MediaTime::from_ticks(
+                    i64::try_from(bits).unwrap_or(i64::MAX),
+                    first.bitrate_kbps as u64 * 1000,
+                )
             }
         };
         Ok(Mp3Index {
@@ -281,11 +292,13 @@ impl Mp3Index {
                 timescale: rate,
                 duration,
                 video: None,
-                audio: Some(AudioInfo { sample_rate: first.sample_rate, channels: if first.mono { 1 } else { 2 } }),
+                audio: Some(AudioInfo {
+                    sample_rate: first.sample_rate,
+                    channels: if first.mono { 1 } else { 2 },
+                }),
             },
             first,
             audio_start,
-            vbr,
             table: OnceLock::new(),
         })
     }
@@ -350,11 +363,6 @@ impl Mp3Index {
             size: f.len as u64,
             pos: ReadPos { offset: f.offset, sample: 0 },
         }
-    }
-
-    #[cfg(test)]
-    fn vbr(&self) -> Option<&VbrHeader> {
-        self.vbr.as_ref()
     }
 }
 
@@ -432,7 +440,12 @@ mod tests {
 
     fn id3(size: u32) -> Vec<u8> {
         let mut t = b"ID3\x04\x00\x00".to_vec();
-        t.extend([(size >> 21) as u8 & 0x7F, (size >> 14) as u8 & 0x7F, (size >> 7) as u8 & 0x7F, size as u8 & 0x7F]);
+        t.extend([
+            (size >> 21) as u8 & 0x7F,
+            (size >> 14) as u8 & 0x7F,
+            (size >> 7) as u8 & 0x7F,
+            size as u8 & 0x7F,
+        ]);
         t.resize(10 + size as usize, 0);
         t
     }
@@ -574,6 +587,6 @@ mod tests {
         let vbr = parse_vbr_header(&h, &x, 0).expect("ok").expect("xing");
         assert_eq!(vbr.delay, Some((576, 16)));
         let index = Mp3Index::open(&Reader::new(&src, src.clone())).expect("opens");
-        assert_eq!(index.vbr().and_then(|v| v.frames), Some(5));
+        assert_eq!(index.info().duration, MediaTime::from_ticks(5 * 1152, 44_100));
     }
 }

@@ -45,8 +45,8 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 
 use super::{
-    AudioInfo, Codec, Container, ContainerIndex, Keyframe, ParseError, ReadPos, Reader, Sample,
-    SampleBatch, TrackInfo, WindowReader, MAX_METADATA_READ,
+    AudioInfo, Codec, Container, ContainerIndex, Keyframe, ParseError, ReadPos, Reader, Sample, SampleBatch,
+    TrackInfo, WindowReader, MAX_METADATA_READ,
 };
 use crate::source::RangeSource;
 use crate::time::MediaTime;
@@ -172,13 +172,18 @@ impl Page {
 fn parse_page(buf: &Bytes, at: usize, abs: u64) -> Result<Page, ParseError> {
     let rest = buf.get(at..).unwrap_or(&[]);
     let end = abs + rest.len() as u64;
-    let truncated = |needed: usize| ParseError::Truncated { element: PAGE, offset: abs, needed: needed as u64, end };
+    let truncated =
+        |needed: usize| ParseError::Truncated { element: PAGE, offset: abs, needed: needed as u64, end };
     let head = rest.get(..HEADER_LEN).ok_or_else(|| truncated(HEADER_LEN))?;
     if &head[..4] != b"OggS" {
         return Err(ParseError::malformed(PAGE, abs, "no OggS capture pattern"));
     }
     if head[4] != 0 {
-        return Err(ParseError::Unsupported { element: PAGE, offset: abs, what: format!("version {}", head[4]) });
+        return Err(ParseError::Unsupported {
+            element: PAGE,
+            offset: abs,
+            what: format!("version {}", head[4]),
+        });
     }
     let nsegs = head[26] as usize;
     let header_len = HEADER_LEN + nsegs;
@@ -352,7 +357,8 @@ fn parse_vorbis_modes(setup: &[u8], blocksize: [u32; 2], offset: u64) -> Result<
     let mut long = vec![false; count];
     for i in (0..count).rev() {
         gb.bits(40);
-        long[i] = gb.bit().ok_or_else(|| ParseError::malformed(VORBIS_SETUP, offset, "mode list cut short"))? == 1;
+        long[i] =
+            gb.bit().ok_or_else(|| ParseError::malformed(VORBIS_SETUP, offset, "mode list cut short"))? == 1;
     }
     let log2 = usize::BITS - 1 - (count - 1).max(1).leading_zeros();
     let log2 = if count - 1 == 0 { 0 } else { log2 };
@@ -514,7 +520,11 @@ impl OggIndex {
             Kind::Opus => {
                 let head = &headers[0];
                 if head.len() < 19 {
-                    return Err(ParseError::malformed(OPUS_HEAD, 0, format!("{} bytes, needs 19", head.len())));
+                    return Err(ParseError::malformed(
+                        OPUS_HEAD,
+                        0,
+                        format!("{} bytes, needs 19", head.len()),
+                    ));
                 }
                 if head[8] >> 4 != 0 {
                     return Err(ParseError::Unsupported {
@@ -538,7 +548,8 @@ impl OggIndex {
                 let channels = id[11] as u32;
                 let rate = u32::from_le_bytes([id[12], id[13], id[14], id[15]]) as u64;
                 let (e0, e1) = (id[28] & 15, id[28] >> 4);
-                if channels == 0 || rate == 0 || !(6..=13).contains(&e0) || !(6..=13).contains(&e1) || e0 > e1 {
+                if channels == 0 || rate == 0 || !(6..=13).contains(&e0) || !(6..=13).contains(&e1) || e0 > e1
+                {
                     return Err(ParseError::malformed(
                         VORBIS_ID,
                         0,
@@ -592,7 +603,8 @@ impl OggIndex {
     }
 
     fn time(&self, granule_units: i64) -> MediaTime {
-        MediaTime::from_ticks(granule_units.saturating_sub(self.pre_skip), self.rate).unwrap_or(MediaTime::MAX)
+        MediaTime::from_ticks(granule_units.saturating_sub(self.pre_skip), self.rate)
+            .unwrap_or(MediaTime::MAX)
     }
 
     fn walker<'a>(&'a self, src: &'a dyn RangeSource, start: u64) -> Walker<'a> {
@@ -1140,7 +1152,8 @@ mod tests {
         // A synthetic setup header whose last bits are: mode count 2 (6 bits = 1), two modes
         // (blockflag 0, then 1), framing bit; packed LSB first as Vorbis does.
         let mut bits: Vec<u8> = Vec::new();
-        let push = |v: u32, n: usize, bits: &mut Vec<u8>| (0..n).for_each(|i| bits.push(((v >> i) & 1) as u8));
+        let push =
+            |v: u32, n: usize, bits: &mut Vec<u8>| (0..n).for_each(|i| bits.push(((v >> i) & 1) as u8));
         // padding that cannot look like modes
         for _ in 0..16 {
             push(0xFF, 8, &mut bits);
