@@ -22,8 +22,7 @@ fn to_meeting_ms(track: &ManifestTrack, media_ms: f64) -> Option<f64> {
         let len = s.end_ms.map_or(f64::INFINITY, |e| (e - s.start_ms) as f64);
         let from = s.media_start_ms as f64;
         // Half a millisecond of slack: containers round PTS to their timescale.
-        (media_ms >= from - 0.5 && media_ms < from + len - 0.5)
-            .then(|| media_ms - from + s.start_ms as f64)
+        (media_ms >= from - 0.5 && media_ms < from + len - 0.5).then_some(media_ms - from + s.start_ms as f64)
     })
 }
 
@@ -38,9 +37,8 @@ fn check_video(dir: &Path, track: &ManifestTrack) -> Result<usize> {
         let expected = to_meeting_ms(track, pts_ms);
         match (stamp, expected) {
             (Some(s), Some(e)) if (f64::from(s) - e).abs() <= 1.0 => {}
-            _ if problems.len() < 10 => problems.push(format!(
-                "frame at pts {pts_ms:.3} ms: stamp {stamp:?}, meeting time {expected:?}"
-            )),
+            _ if problems.len() < 10 => problems
+                .push(format!("frame at pts {pts_ms:.3} ms: stamp {stamp:?}, meeting time {expected:?}")),
             _ => {}
         }
     })?;
