@@ -20,9 +20,10 @@ use tandem_fixtures::Variant;
 const RUNS: usize = 15;
 
 fn gst_preroll(path: &std::path::Path) -> Result<Duration> {
-    let pipeline = gst::parse::launch(&format!("filesrc location=\"{}\" ! parsebin ! fakesink", path.display()))?
-        .downcast::<gst::Pipeline>()
-        .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+    let pipeline =
+        gst::parse::launch(&format!("filesrc location=\"{}\" ! parsebin ! fakesink", path.display()))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
     let start = Instant::now();
     pipeline.set_state(gst::State::Paused)?;
     let (result, _, _) = pipeline.state(gst::ClockTime::from_seconds(30));

@@ -13,15 +13,21 @@ pub fn bench_minutes() -> u64 {
 
 /// A generated meeting of `minutes` in `dir`, made on first use and reused afterwards.
 pub fn long_meeting(dir: &Path, variant: Variant, minutes: u64) -> anyhow::Result<PathBuf> {
-    let name = format!("{}-{minutes}min", match variant {
-        Variant::Standard => "standard",
-        Variant::Webrtc => "webrtc",
-    });
+    let name = format!(
+        "{}-{minutes}min",
+        match variant {
+            Variant::Standard => "standard",
+            Variant::Webrtc => "webrtc",
+        }
+    );
     let out = dir.join(name);
     if out.join("meeting.json").exists() {
         return Ok(out);
     }
-    eprintln!("generating a {minutes}-minute {variant:?} meeting into {} (once; reused by later runs)", out.display());
+    eprintln!(
+        "generating a {minutes}-minute {variant:?} meeting into {} (once; reused by later runs)",
+        out.display()
+    );
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     let mut last = String::new();

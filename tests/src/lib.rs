@@ -127,7 +127,18 @@ pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
         let Some(packet) = matched else {
             bail!("{name}: our keyframe at {ms:.3} ms is not an ffprobe keyframe");
         };
-        if let Some(pos) = packet.pos {
+        if index.info().codec.is_text() {
+            // ffmpeg 5.1's WebVTT demuxer reports the position after the cue, not of it; check
+            // instead that our range holds the cue's own timing line.
+            let bytes = tandem::RangeSource::read_range(&src, keyframe.offset, keyframe.size)?;
+            if !String::from_utf8_lossy(&bytes).contains("-->") {
+                bail!(
+                    "{name}: cue at {ms:.3} ms: bytes {}+{} hold no timing line",
+                    keyframe.offset,
+                    keyframe.size
+                );
+            }
+        } else if let Some(pos) = packet.pos {
             let end = keyframe.offset + keyframe.size;
             if !(keyframe.offset <= pos && pos < end) {
                 bail!(

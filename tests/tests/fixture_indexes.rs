@@ -18,7 +18,8 @@ fn every_committed_track_matches_ffprobe() {
         assert!(manifest.tracks.len() >= 5, "{meeting} has {} tracks", manifest.tracks.len());
         for track in &manifest.tracks {
             let path = folder.join(track.file());
-            let report = check_against_ffprobe(&path).unwrap_or_else(|e| panic!("{meeting}/{}: {e:#}", track.name));
+            let report =
+                check_against_ffprobe(&path).unwrap_or_else(|e| panic!("{meeting}/{}: {e:#}", track.name));
             assert!(report.ours > 0, "{meeting}/{}: {report:?}", track.name);
         }
     }
@@ -29,7 +30,7 @@ fn ebml_element_size(data: &[u8], id: [u8; 4]) -> Option<u64> {
     let at = data.windows(4).rposition(|w| w == id)?;
     let first = *data.get(at + 4)?;
     let len = first.leading_zeros() as usize + 1;
-    let mut value = u64::from(first & (0xFF >> len));
+    let mut value = u64::from(first) & (0xFF_u64 >> len);
     for b in data.get(at + 5..at + 4 + len)? {
         value = (value << 8) | u64::from(*b);
     }
@@ -81,10 +82,11 @@ fn opening_reads_only_what_the_container_needs() {
                 assert!(cost.bytes <= 4096 + 16 + moov, "{name}: {cost:?}, moov {moov}");
             }
             Container::Matroska | Container::WebM => {
-                // Header, SeekHead, Info and Tracks in the head; then the Cues.
+                // Header, SeekHead, Info and Tracks in the head; then the Cues, fetched with
+                // one read of at least 512 bytes (header and body in one round trip).
                 let cues = ebml_element_size(&data, [0x1C, 0x53, 0xBB, 0x6B]).expect("Cues");
                 assert!(cost.reads <= 3, "{name}: {cost:?}");
-                assert!(cost.bytes <= 4096 + cues + 64, "{name}: {cost:?}, Cues {cues}");
+                assert!(cost.bytes <= 4096 + cues.max(512) + 64, "{name}: {cost:?}, Cues {cues}");
             }
             Container::Ogg | Container::Mp3 => {
                 assert!(cost.reads <= 3, "{name}: {cost:?}");
