@@ -46,9 +46,11 @@ pub enum Container {
     Mp4,
     FragmentedMp4,
     Matroska,
+    #[serde(rename = "webm")]
     WebM,
     Ogg,
     Mp3,
+    #[serde(rename = "webvtt")]
     WebVtt,
     Srt,
 }
@@ -67,6 +69,7 @@ pub enum Codec {
     Opus,
     Vorbis,
     Flac,
+    #[serde(rename = "webvtt")]
     WebVtt,
     Srt,
     Other(String),
