@@ -30,14 +30,13 @@ pub fn long_meeting(dir: &Path, variant: Variant, minutes: u64) -> anyhow::Resul
     );
     let partial = out.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
-    let mut last = String::new();
+    // One line per track per 10 %, so the log stays short whether or not stderr is a terminal.
+    let mut last_decile: (String, u64) = (String::new(), u64::MAX);
     tandem_fixtures::generate(&MeetingSpec::new(variant, minutes * 60), &partial, |p| {
-        let line = format!("  {:<14} {:>3.0}%", p.track, p.done * 100.0);
-        if line != last {
-            if (p.done * 100.0) as u64 % 10 == 0 {
-                eprintln!("{line}");
-            }
-            last = line;
+        let decile = (p.done * 10.0).floor() as u64;
+        if (p.track, decile) != (last_decile.0.as_str(), last_decile.1) {
+            eprintln!("  {:<14} {:>3}%", p.track, decile * 10);
+            last_decile = (p.track.to_string(), decile);
         }
     })?;
     std::fs::rename(&partial, &out)?;

@@ -74,7 +74,7 @@ fn truncated_recordings_fail_cleanly_with_offsets() {
 
 #[test]
 fn mutated_recordings_never_panic_or_hang() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7a4d_e3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x007a_4de3);
     for (label, data) in fixture_files() {
         // Mutations concentrate on the first and last 64 KiB, where the metadata lives.
         for round in 0..40 {
