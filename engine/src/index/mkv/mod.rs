@@ -14,8 +14,9 @@
 //! speculative read of `CUES_PROBE` bytes, plus one more when they are larger. Without Cues,
 //! one more read of the file's last 64 KiB finds the last cluster: its Timestamp bounds
 //! bisection, and the end of the track's last block in it is the duration when Info has none
-//! (live writers leave it out); a larger tail read follows only when no cluster starts in that
-//! window, and a tail that cannot be parsed leaves the duration unknown. Other clusters are
+//! (live writers leave it out). When no cluster starts in that window (clusters holding a
+//! whole group of pictures), a second read extends the tail to 1 MiB; a tail that cannot be
+//! parsed leaves the duration unknown. Other clusters are
 //! never read at open. The chosen track is the first video track, else the first audio track,
 //! else the first track.
 //!

@@ -30,8 +30,9 @@ const SCAN_LIMIT: u64 = 4 * 1024 * 1024;
 /// Bytes after a Cluster ID that validating it may need: Cluster header, CRC-32, Timestamp and
 /// the next child's header.
 const VALIDATE_LEN: u64 = 64;
-/// Tail reads at open for the duration: one window, then once a larger one when the last
-/// cluster starts before it.
+/// Tail reads at open for the duration: one window, then once up to 1 MiB from the end when
+/// the last cluster starts before that window (GStreamer starts a cluster at each keyframe,
+/// so its clusters are whole groups of pictures). Beyond that the duration stays unknown.
 const TAIL_READS: [u64; 2] = [PROBE_WINDOW, 1024 * 1024];
 /// Bisection and step-back steps; each halves or doubles a distance within a u64, so this is
 /// never reached on a file that makes sense.
@@ -103,7 +104,8 @@ pub(super) fn cluster_at(buf: &[u8], offset: u64, segment_end: u64, max_ticks: u
                         | SILENT_TRACKS
                 ) && next.size.is_some();
                 // An empty unknown-size cluster ends at the next top-level element.
-                if !child_ok && !(header.size.is_none() && ebml::is_top_level(next.id)) {
+                let ends_empty_cluster = header.size.is_none() && ebml::is_top_level(next.id);
+                if !(child_ok || ends_empty_cluster) {
                     return None;
                 }
             }
@@ -148,22 +150,25 @@ impl MkvIndex {
     /// larger read when no cluster starts there. `None` when no cluster is found (the caller
     /// then has no duration; this is not an error).
     pub(super) fn read_tail(&self, src: &dyn RangeSource, head: &Bytes) -> Option<Tail> {
-        let mut prev_start = self.segment_end;
+        let mut have_start = self.segment_end;
+        let mut have = Bytes::new();
         for window in TAIL_READS {
             let start = self.segment_end.saturating_sub(window).max(self.walk_start);
-            if start >= prev_start {
+            if start >= have_start {
                 break;
             }
-            let len = self.segment_end.saturating_sub(start);
-            let bytes = if start.saturating_add(len) <= head.len() as u64 {
-                head.slice(start as usize..(start + len) as usize)
+            // Only the bytes before those already read.
+            let len = have_start - start;
+            let more = if have_start <= head.len() as u64 {
+                head.slice(start as usize..have_start as usize)
             } else {
                 src.read_range(start, len).ok()?
             };
-            if let Some((i, cluster)) = last_cluster_in(&bytes, start, self.segment_end) {
-                return Some(self.tail_of(&bytes, i, &cluster));
+            have = if have.is_empty() { more } else { Bytes::from([&more[..], &have[..]].concat()) };
+            have_start = start;
+            if let Some((i, cluster)) = last_cluster_in(&have, start, self.segment_end) {
+                return Some(self.tail_of(&have, i, &cluster));
             }
-            prev_start = start;
         }
         None
     }
@@ -330,7 +335,8 @@ impl MkvIndex {
             if scanned >= SCAN_LIMIT {
                 return Ok(Scan::GaveUp);
             }
-            let len = window.min(end - at);
+            // Nothing past `before` is wanted but the bytes that validate a cluster before it.
+            let len = window.min(end - at).min(before.saturating_add(VALIDATE_LEN).saturating_sub(at));
             let chunk = src.read_range(at, len)?;
             let complete = at.saturating_add(chunk.len() as u64) >= end;
             // Candidates whose validation bytes are all in this chunk; the rest are looked at
