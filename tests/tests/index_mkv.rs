@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use tandem::index::{Codec, Container, TrackIndex};
+use tandem::index::{Codec, Container, Keyframe, TrackIndex};
+use tandem::source::CountingSource;
 use tandem::{FileSource, MediaTime};
 use tandem_tests::{check_against_ffprobe, ffmpeg};
 
@@ -134,8 +135,10 @@ fn matroska_without_cues_walks_clusters() -> Result<()> {
     assert_eq!(report.ours, 7);
     let src = FileSource::open(&path)?;
     let index = TrackIndex::open("nocues", &src)?;
-    assert!(index.open_cost().reads <= 2, "{:?}", index.open_cost());
+    assert!(index.open_cost().reads <= 2, "head and tail: {:?}", index.open_cost());
+    check_duration(&index, &path)?;
     check_seek(&index, &src, true)?;
+    check_bisection_equals_walk(&index, &src)?;
     Ok(())
 }
 
@@ -198,8 +201,11 @@ fn live_webm_from_gstreamer_unknown_sizes_no_cues() -> Result<()> {
     assert_eq!(report.ours, 4);
     let src = FileSource::open(&path)?;
     let index = TrackIndex::open("live", &src)?;
-    assert_eq!(index.info().duration, None);
+    // The last cluster starts more than 64 KiB before the end: a second tail read.
+    assert_eq!(index.open_cost().reads, 3, "head and tail");
+    check_duration(&index, &path)?;
     check_seek(&index, &src, true)?;
+    check_bisection_equals_walk(&index, &src)?;
     // All 240 frames, in chunks that resume mid-cluster.
     let mut pos = Some(index.keyframes(&src)?[0].pos);
     let mut total = 0;
@@ -315,4 +321,106 @@ fn ffmpeg_video_with_audio_and_cues_in_front() -> Result<()> {
         check_seek(&index, &src, true)?;
     }
     Ok(())
+}
+
+/// The end of the last packet of stream 0 by ffprobe (`format=duration` is N/A for files
+/// written without Duration), in milliseconds, and that packet's duration.
+fn ffprobe_end_ms(path: &Path) -> Result<(f64, f64)> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .context("ffprobe is required")?;
+    ensure!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let format = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().ok();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "0", "-show_entries", "packet=pts_time,duration_time"])
+        .args(["-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .context("ffprobe is required")?;
+    ensure!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    let mut end: Option<(f64, f64)> = None;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut fields = line.split(',').map(|f| f.trim().parse::<f64>().ok());
+        if let (Some(Some(pts)), Some(Some(duration))) = (fields.next(), fields.next()) {
+            let e = (pts + duration) * 1000.0;
+            if end.is_none_or(|(best, _)| e > best) {
+                end = Some((e, duration * 1000.0));
+            }
+        }
+    }
+    let (last, frame) = end.context("ffprobe lists no packets")?;
+    Ok((format.map_or(last, |f| f * 1000.0), frame))
+}
+
+/// The duration learned from the tail is ffprobe's within one frame (or 50 ms).
+fn check_duration(index: &TrackIndex, path: &Path) -> Result<()> {
+    let (want, frame) = ffprobe_end_ms(path)?;
+    let got = index.info().duration.context("duration from the tail")?;
+    let got = got.as_nanos() as f64 / 1e6;
+    ensure!((got - want).abs() <= frame.max(50.0), "duration {got} ms, ffprobe {want} ms");
+    Ok(())
+}
+
+/// Seeking (by bisection, without Cues) answers exactly what the forward walk lists, at many
+/// times from before the start to past the end.
+fn check_bisection_equals_walk(index: &TrackIndex, src: &FileSource) -> Result<()> {
+    let keyframes = index.keyframes(src)?;
+    let end = index.info().duration.map_or(10_000, |d| d.as_millis()) + 1000;
+    for ms in (-500..end).step_by(97).chain([0, end * 10]) {
+        let t = MediaTime::from_millis(ms);
+        let want: Keyframe = *keyframes.iter().rev().find(|k| k.pts <= t).unwrap_or(&keyframes[0]);
+        assert_eq!(index.seek(src, t)?, want, "seek({t})");
+    }
+    Ok(())
+}
+
+/// A two-minute live-style WebM: bisection seeks read a fraction of what walking forward does.
+#[test]
+fn long_live_webm_seeks_by_bisection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("long.webm");
+    let location = format!("location={}", path.to_str().context("utf-8 path")?);
+    // videotestsrc -> vp8enc (keyframe every 10 s) -> webmmux streamable (no Cues, no
+    // Duration, unknown sizes) -> file
+    let out = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=3000", "!"])
+        .args(["video/x-raw,width=320,height=240,framerate=25/1", "!"])
+        .args(["vp8enc", "keyframe-max-dist=250", "deadline=1", "!"])
+        .args(["webmmux", "streamable=true", "!", "filesink", &location])
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) => bail!("gst-launch-1.0 is required for this test: {e}"),
+    };
+    ensure!(out.status.success(), "gst-launch: {}", String::from_utf8_lossy(&out.stderr));
+    let file_len = std::fs::metadata(&path)?.len();
+    let src = FileSource::open(&path)?;
+    let index = TrackIndex::open("long", &src)?;
+    // GStreamer's clusters are whole groups of pictures (~320 KB here): the tail takes two
+    // reads, 1 MiB in all.
+    let open = index.open_cost();
+    eprintln!("open: {open:?}");
+    ensure!(open.reads == 3 && open.bytes <= 4096 + 1024 * 1024, "head and tail: {open:?}");
+    check_duration(&index, &path)?;
+    let duration = index.info().duration.context("duration")?;
+    assert!((duration.as_millis() - 120_000).abs() <= 50, "{duration}");
+
+    let walk = CountingSource::new(FileSource::open(&path)?);
+    let keyframes = index.keyframes(&walk)?;
+    let walk = walk.cost();
+    ensure!(keyframes.len() == 12, "{} keyframes", keyframes.len());
+    for ms in [119_900i64, 115_000, 60_000, 30_500] {
+        let t = MediaTime::from_millis(ms);
+        let counted = CountingSource::new(FileSource::open(&path)?);
+        let k = index.seek(&counted, t)?;
+        let cost = counted.cost();
+        let want = *keyframes.iter().rev().find(|k| k.pts <= t).context("keyframe")?;
+        assert_eq!(k, want, "seek({t})");
+        eprintln!("seek({t}): {cost:?}; forward walk (keyframes) {walk:?}; file {file_len} bytes");
+        ensure!(cost.bytes * 3 < walk.bytes, "seek({t}) read {cost:?}, the forward walk {walk:?}");
+        ensure!(cost.reads * 3 < walk.reads, "seek({t}) read {cost:?}, the forward walk {walk:?}");
+    }
+    check_bisection_equals_walk(&index, &src)
 }

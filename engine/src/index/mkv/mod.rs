@@ -11,7 +11,12 @@
 //! The 4 KiB head read for detection normally holds the EBML header, the Segment header, the
 //! SeekHead, Info and Tracks. The SeekHead (followed into further SeekHeads, each visited once)
 //! locates Info, Tracks and Cues when they are not in the head; Cues are read with one
-//! speculative read of `CUES_PROBE` bytes, plus one more when they are larger. Clusters are
+//! speculative read of `CUES_PROBE` bytes, plus one more when they are larger. Without Cues,
+//! one more read of the file's last 64 KiB finds the last cluster: its Timestamp bounds
+//! bisection, and the end of the track's last block in it is the duration when Info has none
+//! (live writers leave it out). When no cluster starts in that window (clusters holding a
+//! whole group of pictures), a second read extends the tail to 1 MiB; a tail that cannot be
+//! parsed leaves the duration unknown. Other clusters are
 //! never read at open. The chosen track is the first video track, else the first audio track,
 //! else the first track.
 //!
@@ -27,11 +32,16 @@
 //!   the next cued cluster (or the Segment end), which covers the whole cluster without reading
 //!   its header. Cues are trusted to list every keyframe (ffmpeg, mkvmerge, libwebm and
 //!   GStreamer all cue every video keyframe).
-//! - Without Cues (live writers, MediaRecorder), both walk cluster and block headers forward
-//!   with a `WindowReader`, skipping payloads; `seek` stops at the first cluster holding a
-//!   keyframe after `t`. Video lists every keyframe block; audio and text (every packet is a
-//!   sync point) list the first keyframe of each cluster. `size` is the exact cluster size
-//!   (for unknown-size clusters, up to the next top-level element).
+//! - Without Cues (live writers, MediaRecorder), `keyframes` walks cluster and block headers
+//!   forward with a `WindowReader`, skipping payloads. Video lists every keyframe block; audio
+//!   and text (every packet is a sync point) list the first keyframe of each cluster. `size`
+//!   is the exact cluster size (for unknown-size clusters, up to the next top-level element).
+//!   `seek` bisects over byte offsets instead (module `scan`): each step reads a 64 KiB window
+//!   at the midpoint, recognises the first Cluster in it by its ID, a plausible size and a
+//!   Timestamp child, and narrows on that Timestamp; then it walks forward from the latest
+//!   cluster at or before `t`, and steps back exponentially when that group of pictures holds
+//!   no keyframe. The answer equals the forward walk's; a file that bisection cannot make
+//!   sense of (timestamps going backwards, megabytes without a Cluster) is walked forward.
 //!
 //! # Resume positions
 //! [`ReadPos::offset`] is always a cluster's offset. [`ReadPos::sample`] is 0 to start at the
@@ -45,6 +55,7 @@
 //! Tracks with ContentEncodings (compression, encryption) are refused as unsupported.
 
 mod ebml;
+mod scan;
 
 use bytes::Bytes;
 
@@ -119,6 +130,11 @@ pub(crate) struct MkvIndex {
     cues: Vec<CuePoint>,
     /// Distinct cued cluster offsets, sorted: a cued keyframe's bytes run to the next one.
     cued_clusters: Vec<u64>,
+    /// The first cluster's Timestamp, when open saw it in the head: bisection's lower bound.
+    first_cluster_ticks: Option<u64>,
+    /// The last cluster's Timestamp, from the tail read at open without Cues: clusters found
+    /// by bisection beyond it are taken for payload bytes that look like a Cluster.
+    last_cluster_ticks: Option<u64>,
 }
 
 /// The first element header at `pos`, read through the open-time reader.
@@ -599,7 +615,12 @@ impl MkvIndex {
             video: if is_video { entry.video } else { None },
             audio: if is_audio { entry.audio } else { None },
         };
-        Ok(MkvIndex {
+        let first_cluster_ticks = first_cluster.and_then(|at| {
+            let head = reader.head();
+            let bytes = head.get(usize::try_from(at).ok()?..)?;
+            scan::cluster_at(bytes, at, segment_end, u64::MAX).map(|c| c.ticks)
+        });
+        let mut index = MkvIndex {
             info,
             track: entry.number,
             scale: scale_i,
@@ -610,7 +631,20 @@ impl MkvIndex {
             walk_start: first_cluster.unwrap_or(pos),
             cues,
             cued_clusters,
-        })
+            first_cluster_ticks,
+            last_cluster_ticks: None,
+        };
+        if index.cues.is_empty() {
+            // One read of the tail: the last cluster bounds bisection, and gives the duration
+            // that live writers leave out.
+            if let Some(tail) = index.read_tail(reader.src(), reader.head()) {
+                index.last_cluster_ticks = Some(tail.last_cluster_ticks);
+                if index.info.duration.is_none() {
+                    index.info.duration = tail.end_ns.filter(|&ns| ns >= 0).map(MediaTime::from_nanos);
+                }
+            }
+        }
+        Ok(index)
     }
 
     /// Media time of a block timestamp in ticks.
@@ -653,7 +687,7 @@ impl MkvIndex {
                 if block.keyframe {
                     found.push((block.ticks, block.offset));
                 }
-                Ok(is_video || found.is_empty())
+                Ok(Flow::more_if(is_video || found.is_empty()))
             })?;
             let size = walked.saturating_sub(cluster.offset);
             let mut past = false;
@@ -765,8 +799,29 @@ struct Walker<'a> {
     segment_end: u64,
 }
 
-/// Callback for each block of the chosen track; returns whether to keep reporting blocks.
-type OnBlock<'c> = dyn FnMut(&mut WindowReader<'_>, BlockRef) -> Result<bool, ParseError> + 'c;
+/// What a block callback wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Report the next block of the track.
+    More,
+    /// Report no more blocks, but walk on to the cluster's end (needed for unknown sizes).
+    Done,
+    /// Stop here: the caller needs neither more blocks nor the cluster's end.
+    Abort,
+}
+
+impl Flow {
+    fn more_if(more: bool) -> Flow {
+        if more {
+            Flow::More
+        } else {
+            Flow::Done
+        }
+    }
+}
+
+/// Callback for each block of the chosen track.
+type OnBlock<'c> = dyn FnMut(&mut WindowReader<'_>, BlockRef) -> Result<Flow, ParseError> + 'c;
 
 impl<'a> Walker<'a> {
     fn new(src: &'a dyn RangeSource, segment_end: u64) -> Walker<'a> {
@@ -823,7 +878,8 @@ impl<'a> Walker<'a> {
     }
 
     /// Walks one cluster's children, calling `on_block` for each block of `track` until it
-    /// returns false. Returns the offset after the cluster.
+    /// says otherwise. Returns the offset after the cluster (where the walk stopped, after
+    /// [`Flow::Abort`]).
     fn walk_cluster(
         &mut self,
         cluster: &Header,
@@ -862,9 +918,15 @@ impl<'a> Walker<'a> {
                 }
                 id::SIMPLE_BLOCK | id::BLOCK_GROUP if reporting => {
                     if let Some(block) = self.block(&header, end, track, timestamp)? {
-                        reporting = on_block(&mut self.w, block)?;
-                        if !reporting && known_end.is_some() {
-                            break;
+                        match on_block(&mut self.w, block)? {
+                            Flow::More => {}
+                            Flow::Done => {
+                                reporting = false;
+                                if known_end.is_some() {
+                                    break;
+                                }
+                            }
+                            Flow::Abort => return Ok(end),
                         }
                     }
                 }
@@ -1051,6 +1113,9 @@ impl ContainerIndex for MkvIndex {
             let cue = self.cues.get(after.saturating_sub(1)).ok_or(ParseError::NoSamples)?;
             return Ok(self.cue_keyframe(cue));
         }
+        if let Some(keyframe) = self.bisect_seek(src, t)? {
+            return Ok(keyframe);
+        }
         let keyframes = self.walk_keyframes(src, Some(t))?;
         let after = keyframes.partition_point(|k| k.pts <= t);
         keyframes.get(after.saturating_sub(1)).copied().ok_or(ParseError::NoSamples)
@@ -1080,7 +1145,7 @@ impl ContainerIndex for MkvIndex {
             let mut next = None;
             let walked = w.walk_cluster(&c, self.track, &mut |wr, block| {
                 let skip = match target {
-                    Some((at, _)) if block.offset < at => return Ok(true),
+                    Some((at, _)) if block.offset < at => return Ok(Flow::More),
                     Some((at, lace)) if block.offset == at => lace,
                     _ => 0,
                 };
@@ -1098,7 +1163,7 @@ impl ContainerIndex for MkvIndex {
                     if samples.len() >= max {
                         next = encode_resume(block.offset - data_start, i)
                             .map(|sample| ReadPos { offset: c.offset, sample });
-                        return Ok(false);
+                        return Ok(Flow::Done);
                     }
                     let pts = pts0.saturating_add(MediaTime::from_nanos(per_frame.saturating_mul(i as i64)));
                     samples.push(Sample {
@@ -1110,7 +1175,7 @@ impl ContainerIndex for MkvIndex {
                         keyframe: block.keyframe,
                     });
                 }
-                Ok(true)
+                Ok(Flow::More)
             })?;
             if next.is_some() {
                 return Ok(SampleBatch { samples, next });

@@ -108,6 +108,8 @@ struct Mkv {
     cues: Vec<(u64, usize)>,
     /// Bytes between the head elements and the first cluster (pushes clusters past the head).
     padding: usize,
+    /// Info's Duration in ticks; live writers leave it out.
+    duration: Option<f64>,
 }
 
 impl Mkv {
@@ -120,16 +122,18 @@ impl Mkv {
             clusters,
             cues: Vec::new(),
             padding: 0,
+            duration: Some(5000.0),
         }
     }
 
     /// Returns the file and the absolute offsets of its clusters.
     fn build(&self) -> (Bytes, Vec<u64>) {
         let ebml = el(id::EBML, &cat(&[uint(0x4286, 1), el(id::DOC_TYPE, self.doc_type.as_bytes())]));
-        let info = el(
-            id::INFO,
-            &cat(&[uint(id::TIMESTAMP_SCALE, 1_000_000), el(id::DURATION, &5000f64.to_be_bytes())]),
-        );
+        let mut info = uint(id::TIMESTAMP_SCALE, 1_000_000);
+        if let Some(d) = self.duration {
+            info.extend(el(id::DURATION, &d.to_be_bytes()));
+        }
+        let info = el(id::INFO, &info);
         let seek_head = |info_at: u64, tracks_at: u64, cues_at: u64| {
             let seek = |target: u32, at: u64| {
                 el(id::SEEK, &cat(&[el(id::SEEK_ID, &id_bytes(target)), uint8(id::SEEK_POSITION, at)]))
@@ -563,6 +567,165 @@ fn mutated_files_never_panic() {
                 ReadPos { offset: rng.gen_range(0..RangeSource::len(&src).max(1)), sample: rng.gen() },
                 8,
             );
+        }
+    }
+}
+
+/// A live-style recording: `n` one-second clusters of 25 video frames (track 2, 40 ms
+/// DefaultDuration) with an audio block (track 1) every 200 ms, no Cues, no Duration.
+/// Video keyframes are sparse: at the start of every `gop`-th cluster, plus one mid-cluster
+/// keyframe every 23 clusters (as a keyframe request would give).
+fn live_file(n: u64, gop: u64, payload: usize, how: Size) -> (Bytes, Vec<u64>) {
+    let clusters = (0..n)
+        .map(|i| {
+            let mut blocks = Vec::new();
+            for f in 0..25i16 {
+                let key = (f == 0 && i % gop == 0) || (f == 12 && i % 23 == 5);
+                let mut data = vec![(i % 251) as u8; payload];
+                // Payload bytes that look like a Cluster ID, to be rejected by validation.
+                data[..4].copy_from_slice(&[0x1F, 0x43, 0xB6, 0x75]);
+                blocks.push(simple_block(2, f * 40, key, &data));
+                if f % 5 == 0 {
+                    blocks.push(simple_block(1, f * 40 + 3, true, b"opus"));
+                }
+            }
+            cluster_with(how, i * 1000, &blocks)
+        })
+        .collect();
+    let mut mkv = Mkv::new(clusters);
+    mkv.segment = if how == Size::Unknown { Size::Unknown } else { Size::Minimal };
+    mkv.cues = Vec::new();
+    mkv.duration = None;
+    let video = el(
+        id::TRACK_ENTRY,
+        &cat(&[
+            uint(id::TRACK_NUMBER, 2),
+            uint(id::TRACK_TYPE, 1),
+            el(id::CODEC_ID, b"V_VP8"),
+            uint(id::DEFAULT_DURATION, 40_000_000),
+        ]),
+    );
+    mkv.tracks = el(id::TRACKS, &cat(&[track_entry(1, 2, "A_OPUS"), video]));
+    mkv.build()
+}
+
+/// The forward walk's answer: the greatest keyframe at or before t, else the first.
+fn expected(keyframes: &[crate::index::Keyframe], t: MediaTime) -> crate::index::Keyframe {
+    *keyframes.iter().rev().find(|k| k.pts <= t).unwrap_or(&keyframes[0])
+}
+
+#[test]
+fn bisection_seek_equals_the_forward_walk_and_reads_little() {
+    use crate::source::CountingSource;
+    for how in [Size::Minimal, Size::Unknown] {
+        let (file, clusters) = live_file(300, 17, 400, how);
+        let counted = CountingSource::new(file.clone());
+        let index = open(&file).expect("opens");
+        assert_eq!(index.open_cost().reads, 2, "head and tail");
+        // The last block starts at 299 s + 960 ms and lasts 40 ms.
+        assert_eq!(index.info().duration, Some(ms(300_000)));
+        let keyframes = index.keyframes(&counted).expect("walks");
+        let walk = counted.cost();
+        assert_eq!(keyframes.len(), 18 + 13);
+        assert_eq!(keyframes[0].offset, clusters[0]);
+        let mut worst = crate::source::ReadCost::default();
+        for t in
+            (-2000..303_000).step_by(777).chain([0, 1, 5_479, 5_480, 5_481, 299_999, i64::MAX / 2_000_000])
+        {
+            let t = ms(t);
+            let counted = CountingSource::new(file.clone());
+            let got = index.seek(&counted, t).expect("seek");
+            assert_eq!(got, expected(&keyframes, t), "seek({t})");
+            let cost = counted.cost();
+            worst.reads = worst.reads.max(cost.reads);
+            worst.bytes = worst.bytes.max(cost.bytes);
+        }
+        // Worst case: 17 s of stepping back through 4 KiB-frame clusters (~200 KiB) plus
+        // bisection; the forward walk reads the whole 3 MiB.
+        eprintln!("seek worst {worst:?}, forward walk {walk:?}");
+        assert!(walk.bytes > 3_000_000, "{walk:?}");
+        assert!(worst.bytes * 4 < walk.bytes, "seek {worst:?}, forward walk {walk:?}");
+        assert!(worst.reads * 3 < walk.reads, "seek {worst:?}, forward walk {walk:?}");
+    }
+}
+
+#[test]
+fn bisection_handles_a_file_cut_short_and_huge_clusters() {
+    // Cut mid-cluster: the answer still equals the forward walk over what is there.
+    let (file, clusters) = live_file(120, 10, 400, Size::Unknown);
+    let cut = file.slice(..(clusters[100] + 5000) as usize);
+    let index = open(&cut).expect("opens");
+    let duration = index.info().duration.expect("from the tail");
+    assert!(duration > ms(100_000) && duration < ms(101_000), "{duration}");
+    let keyframes = index.keyframes(&cut).expect("walks");
+    for t in (0..130_000).step_by(1_300) {
+        assert_eq!(index.seek(&cut, ms(t)).expect("seek"), expected(&keyframes, ms(t)), "seek({t})");
+    }
+    // Clusters larger than any scan: bisection gives up and the result is still right.
+    let (file, _) = live_file(6, 2, 60_000, Size::Minimal);
+    let index = open(&file).expect("opens");
+    let keyframes = index.keyframes(&file).expect("walks");
+    for t in (0..7_000).step_by(250) {
+        assert_eq!(index.seek(&file, ms(t)).expect("seek"), expected(&keyframes, ms(t)), "seek({t})");
+    }
+}
+
+#[test]
+fn tail_without_blocks_of_the_track_leaves_duration_from_info_or_none() {
+    // The Duration element wins when present.
+    let (file, _) = Mkv::new(three_clusters(Size::Minimal)).build();
+    assert_eq!(open(&file).expect("opens").info().duration, Some(ms(5000)));
+    // No Duration, tiny file: the tail is in the head and costs no read. The last cluster
+    // (160) holds p160 with no duration known: the end is its start.
+    let mut mkv = Mkv::new(three_clusters(Size::Unknown));
+    mkv.duration = None;
+    let (file, _) = mkv.build();
+    let index = open(&file).expect("opens");
+    assert_eq!(index.open_cost().reads, 1);
+    assert_eq!(index.info().duration, Some(ms(160)));
+    // A tail of garbage: no duration, no error.
+    let mut bytes = file.to_vec();
+    let n = bytes.len();
+    let last = bytes.windows(4).rposition(|w| w == [0x1F, 0x43, 0xB6, 0x75]).expect("cluster");
+    for b in &mut bytes[last..n] {
+        *b = 0x42;
+    }
+    let index = open(&Bytes::from(bytes)).expect("opens");
+    assert_eq!(index.info().duration, Some(ms(120)), "the previous cluster's last block, p120");
+}
+
+/// Timestamps going backwards and random damage: seek ends, without panicking.
+#[test]
+fn bisection_terminates_on_garbage() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    // Cluster timestamps in random order.
+    let clusters: Vec<Vec<u8>> = (0..200u64)
+        .map(|i| {
+            let ts = rng.gen_range(0..200_000);
+            cluster_with(Size::Unknown, ts, &[simple_block(2, 0, i % 7 == 0, &[9u8; 3000])])
+        })
+        .collect();
+    let mut mkv = Mkv::new(clusters);
+    mkv.duration = None;
+    let (file, _) = mkv.build();
+    let index = open(&file).expect("opens");
+    for t in (0..200_000).step_by(3_333) {
+        let _ = index.seek(&file, ms(t));
+    }
+    // Random damage to a long file.
+    let (file, _) = live_file(60, 7, 1500, Size::Unknown);
+    for _ in 0..60 {
+        let mut bytes = file.to_vec();
+        for _ in 0..rng.gen_range(1..40) {
+            let i = rng.gen_range(0..bytes.len());
+            bytes[i] = rng.gen();
+        }
+        let src = Bytes::from(bytes);
+        if let Ok(index) = TrackIndex::open("fuzz", &src) {
+            for _ in 0..5 {
+                let _ = index.seek(&src, ms(rng.gen_range(-1000..70_000)));
+            }
         }
     }
 }
