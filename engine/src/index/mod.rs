@@ -394,6 +394,10 @@ impl<'a> Reader<'a> {
         Reader { src, head }
     }
 
+    pub(crate) fn src(&self) -> &'a dyn RangeSource {
+        self.src
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.src.len()
     }

@@ -30,10 +30,11 @@ const SCAN_LIMIT: u64 = 4 * 1024 * 1024;
 /// Bytes after a Cluster ID that validating it may need: Cluster header, CRC-32, Timestamp and
 /// the next child's header.
 const VALIDATE_LEN: u64 = 64;
-/// Tail reads at open for the duration: one window, then once up to 1 MiB from the end when
+/// Tail reads at open for the duration: one window, then once up to 256 KiB from the end when
 /// the last cluster starts before that window (GStreamer starts a cluster at each keyframe,
-/// so its clusters are whole groups of pictures). Beyond that the duration stays unknown.
-const TAIL_READS: [u64; 2] = [PROBE_WINDOW, 1024 * 1024];
+/// so its clusters are whole groups of pictures). Beyond that the duration stays unknown:
+/// opening should not cost more than a fraction of a second on a slow link.
+const TAIL_READS: [u64; 2] = [PROBE_WINDOW, 256 * 1024];
 /// Bisection and step-back steps; each halves or doubles a distance within a u64, so this is
 /// never reached on a file that makes sense.
 const MAX_STEPS: usize = 128;
