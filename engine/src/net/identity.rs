@@ -58,8 +58,20 @@ pub fn load_or_create_key(path: &Path) -> Result<fastn_id52::SecretKey, NetError
     }
 }
 
+/// Parses the 64 hex characters fastn-id52 writes. Decoded here rather than with
+/// `SecretKey::from_str`, whose base32 fallback panics on input of the wrong length.
 fn parse_key(path: &Path, text: &str) -> Result<fastn_id52::SecretKey, NetError> {
-    fastn_id52::SecretKey::from_str(text.trim()).map_err(|e| identity_err("parsing key file", path, e))
+    let text = text.trim().as_bytes();
+    let bad = || identity_err("parsing key file", path, "expected 64 hex characters");
+    if text.len() != 64 {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 32];
+    for (byte, pair) in bytes.iter_mut().zip(text.chunks_exact(2)) {
+        let hex = std::str::from_utf8(pair).map_err(|_| bad())?;
+        *byte = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+    }
+    Ok(fastn_id52::SecretKey::from_bytes(&bytes))
 }
 
 /// The iroh secret key with the same ed25519 secret.
@@ -117,7 +129,13 @@ mod tests {
     fn corrupt_key_file_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("k");
-        std::fs::write(&path, "garbage").expect("write");
-        assert!(matches!(load_or_create_key(&path), Err(NetError::Identity(_))));
+        for garbage in ["garbage", "", &"z".repeat(64), &"ab".repeat(40)] {
+            std::fs::write(&path, garbage).expect("write");
+            assert!(matches!(load_or_create_key(&path), Err(NetError::Identity(_))), "{garbage:?}");
+        }
+        // A key written by fastn-id52 (hex) loads back to the same identity.
+        let key = fastn_id52::SecretKey::generate();
+        std::fs::write(&path, format!("{key}\n")).expect("write");
+        assert_eq!(load_or_create_key(&path).expect("load").id52(), key.id52());
     }
 }
