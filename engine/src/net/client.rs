@@ -110,14 +110,14 @@ impl ClientBuilder {
     /// uses for blocking reads through [`RemoteTrack`].
     pub async fn spawn(self) -> Result<Client, NetError> {
         let key = self.secret_key.unwrap_or_else(fastn_id52::SecretKey::generate);
-        let endpoint = endpoint_builder(self.bind, self.internet)
-            .secret_key(identity::to_iroh_secret(&key))
-            .bind()
-            .await
-            .map_err(|e| NetError::Bind(e.to_string()))?;
+        let secret = identity::to_iroh_secret(&key);
+        let endpoint = bind_endpoint(self.bind, self.internet, &secret).await?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 id52: key.id52(),
+                secret,
+                redial_bind: SocketAddr::new(self.bind.ip(), 0),
+                internet: self.internet,
                 endpoint,
                 connections: Mutex::new(HashMap::new()),
                 connect_timeout: self.connect_timeout,
@@ -135,11 +135,35 @@ pub struct Client {
 }
 
 /// One connection slot per peer, locked while dialing so concurrent requests share one dial.
-type Slot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+type Slot = Arc<tokio::sync::Mutex<PeerSlot>>;
+
+#[derive(Debug, Default)]
+struct PeerSlot {
+    conn: Option<Connection>,
+    /// A connection to this peer was lost: dial it next from a fresh endpoint. iroh 0.91 keeps
+    /// trusting the old UDP path for seconds, and a restarted server drops QUIC packets from a
+    /// path it has not pinged, so a re-dial on the same endpoint stalls for 5-20 s.
+    lost: bool,
+    /// The peer's own endpoint after a loss (the shared one otherwise).
+    endpoint: Option<Endpoint>,
+}
+
+async fn bind_endpoint(bind: SocketAddr, internet: bool, secret: &iroh::SecretKey) -> Result<Endpoint, NetError> {
+    endpoint_builder(bind, internet)
+        .secret_key(secret.clone())
+        .bind()
+        .await
+        .map_err(|e| NetError::Bind(e.to_string()))
+}
 
 #[derive(Debug)]
 struct ClientInner {
     id52: String,
+    /// Same identity on every endpoint the client binds.
+    secret: iroh::SecretKey,
+    /// Where re-dial endpoints bind (the client's IP, any port).
+    redial_bind: SocketAddr,
+    internet: bool,
     endpoint: Endpoint,
     connections: Mutex<HashMap<NodeId, Slot>>,
     connect_timeout: Duration,
@@ -215,8 +239,19 @@ impl Client {
             .map_err(|_| NetError::Timeout(self.inner.request_timeout))?
     }
 
-    /// Closes every connection and the endpoint.
+    /// Closes every connection and every endpoint.
     pub async fn close(&self) {
+        let slots: Vec<Slot> = {
+            let map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        for slot in slots {
+            let mut guard = slot.lock().await;
+            guard.conn = None;
+            if let Some(endpoint) = guard.endpoint.take() {
+                endpoint.close().await;
+            }
+        }
         self.inner.endpoint.close().await;
     }
 
@@ -264,22 +299,41 @@ impl Client {
             map.entry(addr.node_id).or_default().clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(conn) = guard.as_ref() {
+        if let Some(conn) = guard.conn.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
+            guard.lost = true;
         }
+        guard.conn = None;
+        if guard.lost {
+            guard.lost = false;
+            if let Some(old) = guard.endpoint.take() {
+                old.close().await;
+            }
+            guard.endpoint =
+                Some(bind_endpoint(self.inner.redial_bind, self.inner.internet, &self.inner.secret).await?);
+        }
+        let endpoint = guard.endpoint.as_ref().unwrap_or(&self.inner.endpoint);
         let peer = identity::node_id_to_id52(&addr.node_id);
-        let dial = self.inner.endpoint.connect(addr.clone(), ALPN);
+        let dial = endpoint.connect(addr.clone(), ALPN);
         let conn = tokio::time::timeout(self.inner.connect_timeout, dial)
             .await
             .map_err(|_| NetError::Connect {
                 peer: peer.clone(),
                 message: format!("no answer within {:?}", self.inner.connect_timeout),
             })?
-            .map_err(|e| NetError::Connect { peer, message: e.to_string() })?;
-        *guard = Some(conn.clone());
-        Ok(conn)
+            .map_err(|e| NetError::Connect { peer, message: e.to_string() });
+        match conn {
+            Ok(conn) => {
+                guard.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                guard.lost = true;
+                Err(e)
+            }
+        }
     }
 
     /// Drops a cached connection, unless it was already replaced by a newer one.
@@ -290,8 +344,9 @@ impl Client {
         };
         if let Some(slot) = slot {
             let mut guard = slot.lock().await;
-            if guard.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
-                *guard = None;
+            if guard.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                guard.conn = None;
+                guard.lost = true;
             }
         }
     }

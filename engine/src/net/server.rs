@@ -188,6 +188,12 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
             .bind()
             .await
             .map_err(|e| NetError::Bind(e.to_string()))?;
+        // iroh falls back silently when a requested port is taken; a server asked for a
+        // specific port must get it or fail.
+        if self.bind.port() != 0 && !endpoint.bound_sockets().iter().any(|a| a.port() == self.bind.port()) {
+            endpoint.close().await;
+            return Err(NetError::Bind(format!("{} is already in use", self.bind)));
+        }
         let inner = Arc::new(Inner {
             resolver: self.resolver,
             loader: self.loader,
@@ -276,10 +282,21 @@ impl ServerHandle {
 
     /// Stops accepting, lets in-flight requests finish (up to the shutdown timeout), closes
     /// every connection and the endpoint.
+    ///
+    /// Returns once the UDP ports are free again (up to two seconds), so a restarted server
+    /// can bind the same address.
     pub async fn shutdown(self) {
         let _ = self.shutdown_tx.send(true);
         let _ = self.task.await;
+        let sockets = self.endpoint.bound_sockets();
         self.endpoint.close().await;
+        drop(self.endpoint);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for addr in sockets {
+            while std::net::UdpSocket::bind(addr).is_err() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
     }
 }
 
