@@ -185,16 +185,27 @@ async fn main() -> Result<()> {
         .bind_addr_v4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))
         .bind()
         .await?;
-    let raw_conn =
-        raw_client.connect(iroh::NodeAddr::new(raw_ep.node_id()).with_direct_addresses([raw_addr]), RAW_ALPN).await?;
+    let raw_conn = raw_client
+        .connect(iroh::NodeAddr::new(raw_ep.node_id()).with_direct_addresses([raw_addr]), RAW_ALPN)
+        .await?;
 
     let file = Arc::new(FileSource::open(meeting.join("big.bin"))?);
 
     println!("transport on loopback: {} MiB file, up to {:?} per measurement", FILE_SIZE >> 20, TIME_BOUND);
     println!(
         "{:>8} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} | {:>9} | {:>6} {:>6}",
-        "chunk", "ours MB/s", "ours x4", "p50 us", "p99 us", "raw MB/s", "raw x4", "p50 us", "p99 us", "pread MB/s",
-        "ratio", "ratio4"
+        "chunk",
+        "ours MB/s",
+        "ours x4",
+        "p50 us",
+        "p99 us",
+        "raw MB/s",
+        "raw x4",
+        "p50 us",
+        "p99 us",
+        "pread MB/s",
+        "ratio",
+        "ratio4"
     );
     let mut rows = Vec::new();
     for &chunk in CHUNKS {

@@ -138,7 +138,9 @@ fn parse_target(target: &str, with_track: bool) -> Result<(String, String, Optio
     let parts: Vec<&str> = target.split('/').collect();
     match (parts.as_slice(), with_track) {
         ([id52, meeting], false) => Ok((id52.to_string(), meeting.to_string(), None)),
-        ([id52, meeting, track], true) => Ok((id52.to_string(), meeting.to_string(), Some(track.to_string()))),
+        ([id52, meeting, track], true) => {
+            Ok((id52.to_string(), meeting.to_string(), Some(track.to_string())))
+        }
         _ if with_track => bail!("expected <id52>/<meeting>/<track>, got {target:?}"),
         _ => bail!("expected <id52>/<meeting>, got {target:?}"),
     }
@@ -172,7 +174,10 @@ pub fn info(args: InfoArgs) -> Result<()> {
             stream.read_window.min,
             stream.read_window.max
         );
-        println!("{:<20} {:<9} {:<12} {:<12} {:>12}  segments (ms)", "track", "kind", "role", "participant", "bytes");
+        println!(
+            "{:<20} {:<9} {:<12} {:<12} {:>12}  segments (ms)",
+            "track", "kind", "role", "participant", "bytes"
+        );
         for t in &stream.tracks {
             let segments: Vec<String> = t
                 .segments
@@ -205,7 +210,8 @@ fn parse_range(range: &str, size: u64) -> Result<(u64, u64)> {
     let (start, end) = range.split_once('-').with_context(|| format!("range {range:?} is not start-end"))?;
     let start: u64 = start.trim().parse().with_context(|| format!("range start {start:?}"))?;
     let last = size.checked_sub(1).context("the track is empty")?;
-    let end: u64 = if end.trim().is_empty() { last } else { end.trim().parse::<u64>().context("range end")?.min(last) };
+    let end: u64 =
+        if end.trim().is_empty() { last } else { end.trim().parse::<u64>().context("range end")?.min(last) };
     if start > end {
         bail!("range {range:?} is empty or starts past the end ({size} bytes)");
     }
@@ -225,7 +231,8 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
         let pieces: Vec<(u64, u64)> =
             (0..len.div_ceil(step)).map(|i| (start + i * step, step.min(len - i * step))).collect();
         let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&args.output).with_context(|| format!("creating {}", args.output.display()))?,
+            std::fs::File::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?,
         );
         let began = std::time::Instant::now();
         let mut chunks = futures::stream::iter(pieces).map(|(at, n)| remote.read(at, n)).buffered(4);

@@ -42,7 +42,11 @@ async fn every_fixture_track_reads_byte_identical() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(11);
             for (name, remote, local) in &tracks {
                 let size = local.len();
-                assert_eq!(remote.read_range(0, size).expect("whole"), local.read_range(0, size).expect("local"), "{name}");
+                assert_eq!(
+                    remote.read_range(0, size).expect("whole"),
+                    local.read_range(0, size).expect("local"),
+                    "{name}"
+                );
                 for _ in 0..30 {
                     let start = rng.gen_range(0..size);
                     let len = rng.gen_range(1..=(size - start).min(300_000));

@@ -46,7 +46,10 @@ async fn random_ranges_are_byte_identical() {
             assert_eq!(t.segments.len(), 1);
         }
         let json = serde_json::to_string(&info).expect("json");
-        assert!(!json.contains(".bin") && !json.contains(&root.root().display().to_string()), "paths leak: {json}");
+        assert!(
+            !json.contains(".bin") && !json.contains(&root.root().display().to_string()),
+            "paths leak: {json}"
+        );
 
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         // Direct requests within the window.
@@ -61,7 +64,9 @@ async fn random_ranges_are_byte_identical() {
         // Any range through RemoteTrack (blocking, on a blocking thread), including whole files.
         let tracks: Vec<_> = TRACK_SIZES
             .iter()
-            .map(|(name, _)| tandem::net::RemoteTrack::new(client.clone(), peer.clone(), &info, name).expect("track"))
+            .map(|(name, _)| {
+                tandem::net::RemoteTrack::new(client.clone(), peer.clone(), &info, name).expect("track")
+            })
             .collect();
         let expected = root.tracks.clone();
         tokio::task::spawn_blocking(move || {
@@ -75,7 +80,12 @@ async fn random_ranges_are_byte_identical() {
                     let start = rng.gen_range(0..track.len());
                     let len = rng.gen_range(1..=(track.len() - start).min(900_000));
                     let got = track.read_range(start, len).expect("read");
-                    assert_eq!(&got[..], &want[start as usize..(start + len) as usize], "{} {start}+{len}", track.track());
+                    assert_eq!(
+                        &got[..],
+                        &want[start as usize..(start + len) as usize],
+                        "{} {start}+{len}",
+                        track.track()
+                    );
                 }
             }
         })
@@ -108,17 +118,41 @@ async fn bad_requests_get_typed_errors_and_the_connection_keeps_serving() {
 
         let size = TRACK_SIZES[1].1 as u64;
         let cases: Vec<(&str, ErrorCode, Result<Bytes, NetError>)> = vec![
-            ("unknown stream", ErrorCode::UnknownStream, client.read_range(&peer, "nope", "cam_b", 0, 8192).await),
-            ("unknown track", ErrorCode::UnknownTrack, client.read_range(&peer, MEETING, "nope", 0, 8192).await),
-            ("past the end", ErrorCode::OutOfRange, client.read_range(&peer, MEETING, "cam_b", size - 10, 8192).await),
-            ("start past end", ErrorCode::OutOfRange, client.read_range(&peer, MEETING, "cam_b", u64::MAX, 8192).await),
+            (
+                "unknown stream",
+                ErrorCode::UnknownStream,
+                client.read_range(&peer, "nope", "cam_b", 0, 8192).await,
+            ),
+            (
+                "unknown track",
+                ErrorCode::UnknownTrack,
+                client.read_range(&peer, MEETING, "nope", 0, 8192).await,
+            ),
+            (
+                "past the end",
+                ErrorCode::OutOfRange,
+                client.read_range(&peer, MEETING, "cam_b", size - 10, 8192).await,
+            ),
+            (
+                "start past end",
+                ErrorCode::OutOfRange,
+                client.read_range(&peer, MEETING, "cam_b", u64::MAX, 8192).await,
+            ),
             ("zero length", ErrorCode::BadLength, client.read_range(&peer, MEETING, "cam_b", 0, 0).await),
-            ("oversized", ErrorCode::BadLength, client.read_range(&peer, MEETING, "cam_b", 0, 9 * 1024 * 1024).await),
+            (
+                "oversized",
+                ErrorCode::BadLength,
+                client.read_range(&peer, MEETING, "cam_b", 0, 9 * 1024 * 1024).await,
+            ),
             ("below min", ErrorCode::BadLength, client.read_range(&peer, MEETING, "cam_b", 0, 100).await),
             ("dotdot", ErrorCode::BadRequest, client.read_range(&peer, "..", "cam_b", 0, 8192).await),
             ("dotdot/x", ErrorCode::BadRequest, client.read_range(&peer, "../x", "cam_b", 0, 8192).await),
             ("absolute", ErrorCode::BadRequest, client.read_range(&peer, "/etc", "passwd", 0, 8192).await),
-            ("symlink out", ErrorCode::UnknownStream, client.read_range(&peer, "evil", "cam_b", 0, 8192).await),
+            (
+                "symlink out",
+                ErrorCode::UnknownStream,
+                client.read_range(&peer, "evil", "cam_b", 0, 8192).await,
+            ),
         ];
         for (what, want, got) in cases {
             assert_eq!(code(got), want, "{what}");
@@ -144,11 +178,16 @@ async fn bad_requests_get_typed_errors_and_the_connection_keeps_serving() {
         let mut oversized = BytesMut::new();
         oversized.put_u32(big);
         oversized.put_slice(&vec![b'a'; big as usize]);
-        let unknown = encode_frame(&RequestHeader { protocol: "stream.delete".into(), body: serde_json::json!({}) })
-            .expect("frame");
+        let unknown =
+            encode_frame(&RequestHeader { protocol: "stream.delete".into(), body: serde_json::json!({}) })
+                .expect("frame");
         let raw_cases = [
             ("malformed json", raw_frame("{\"protocol\": \"stream.get\", "), ErrorCode::BadRequest),
-            ("wrong body", raw_frame(r#"{"protocol":"stream.read_range","body":{"stream":1}}"#), ErrorCode::BadRequest),
+            (
+                "wrong body",
+                raw_frame(r#"{"protocol":"stream.read_range","body":{"stream":1}}"#),
+                ErrorCode::BadRequest,
+            ),
             ("truncated", Bytes::from_static(&[0, 0, 1]), ErrorCode::BadRequest),
             ("oversized header", oversized.freeze(), ErrorCode::HeaderTooLarge),
             ("unknown protocol", unknown, ErrorCode::UnknownProtocol),
@@ -179,7 +218,9 @@ async fn bad_requests_get_typed_errors_and_the_connection_keeps_serving() {
         }
         while let Some(done) = set.join_next().await {
             match done.expect("task") {
-                Ok((i, bytes)) => assert_eq!(&bytes[..], &root.bytes("cam_b")[(i * 1000) as usize..][..50_000]),
+                Ok((i, bytes)) => {
+                    assert_eq!(&bytes[..], &root.bytes("cam_b")[(i * 1000) as usize..][..50_000])
+                }
                 Err(e) => assert_eq!(e.code(), ErrorCode::UnknownTrack),
             }
         }
@@ -244,7 +285,9 @@ async fn thirty_two_clients_read_concurrently() {
                 });
                 let reads: Vec<_> = reads.collect();
                 let results = futures::future::join_all(
-                    reads.iter().map(|&(name, start, len)| client.read_range(&peer, MEETING, name, start, len)),
+                    reads
+                        .iter()
+                        .map(|&(name, start, len)| client.read_range(&peer, MEETING, name, start, len)),
                 )
                 .await;
                 for ((name, start, len), got) in reads.into_iter().zip(results) {
@@ -276,7 +319,13 @@ async fn a_restarted_server_keeps_its_id52_and_clients_reconnect() {
             let key = identity::load_or_create_key(&key_file).expect("key");
             let root = root.root().to_path_buf();
             async move {
-                FolderProvider::new(root).expect("provider").server_builder().secret_key(key).bind(addr).spawn().await
+                FolderProvider::new(root)
+                    .expect("provider")
+                    .server_builder()
+                    .secret_key(key)
+                    .bind(addr)
+                    .spawn()
+                    .await
             }
         };
         let first = start(loopback()).await.expect("first server");
@@ -292,7 +341,10 @@ async fn a_restarted_server_keeps_its_id52_and_clients_reconnect() {
         // Same key, same port: the cached connection is dead, the client dials again.
         let second = start(peer.direct.expect("addr")).await.expect("second server");
         assert_eq!(second.id52(), id52);
-        assert_eq!(&client.read_range(&peer, MEETING, "screen", 0, 65536).await.expect("after restart")[..], want);
+        assert_eq!(
+            &client.read_range(&peer, MEETING, "screen", 0, 65536).await.expect("after restart")[..],
+            want
+        );
         eprintln!("reconnect after restart on the same port took {:?}", t.elapsed());
         second.shutdown().await;
         let t = std::time::Instant::now();
@@ -302,7 +354,10 @@ async fn a_restarted_server_keeps_its_id52_and_clients_reconnect() {
         assert_eq!(third.id52(), id52);
         let moved = peer_of(&third);
         assert_eq!(moved.id52, peer.id52);
-        assert_eq!(&client.read_range(&moved, MEETING, "screen", 0, 65536).await.expect("after move")[..], want);
+        assert_eq!(
+            &client.read_range(&moved, MEETING, "screen", 0, 65536).await.expect("after move")[..],
+            want
+        );
         eprintln!("reconnect after moving to a new port took {:?}", t.elapsed());
         third.shutdown().await;
     })
@@ -321,7 +376,9 @@ async fn shutdown_lets_in_flight_reads_finish() {
             .map(|i| {
                 let client = client.clone();
                 let peer = peer.clone();
-                tokio::spawn(async move { client.read_range(&peer, MEETING, "screen", i * 262_144, 1_000_000).await })
+                tokio::spawn(async move {
+                    client.read_range(&peer, MEETING, "screen", i * 262_144, 1_000_000).await
+                })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(5)).await;

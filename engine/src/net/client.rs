@@ -148,7 +148,11 @@ struct PeerSlot {
     endpoint: Option<Endpoint>,
 }
 
-async fn bind_endpoint(bind: SocketAddr, internet: bool, secret: &iroh::SecretKey) -> Result<Endpoint, NetError> {
+async fn bind_endpoint(
+    bind: SocketAddr,
+    internet: bool,
+    secret: &iroh::SecretKey,
+) -> Result<Endpoint, NetError> {
     endpoint_builder(bind, internet)
         .secret_key(secret.clone())
         .bind()
@@ -209,7 +213,12 @@ impl Client {
     }
 
     /// A [`RangeSource`] over one remote track (one `stream.get` to learn its size).
-    pub async fn remote_track(&self, peer: &PeerAddr, stream: &str, track: &str) -> Result<RemoteTrack, NetError> {
+    pub async fn remote_track(
+        &self,
+        peer: &PeerAddr,
+        stream: &str,
+        track: &str,
+    ) -> Result<RemoteTrack, NetError> {
         let info = self.get(peer, stream).await?;
         RemoteTrack::new(self.clone(), peer.clone(), &info, track)
     }
@@ -271,9 +280,10 @@ impl Client {
         loop {
             attempt += 1;
             let conn = self.connection(&addr).await?;
-            let result = tokio::time::timeout(self.inner.request_timeout, exchange(&conn, frame.clone(), expected))
-                .await
-                .unwrap_or(Err(NetError::Timeout(self.inner.request_timeout)));
+            let result =
+                tokio::time::timeout(self.inner.request_timeout, exchange(&conn, frame.clone(), expected))
+                    .await
+                    .unwrap_or(Err(NetError::Timeout(self.inner.request_timeout)));
             match result {
                 Err(NetError::Connection(message)) => {
                     self.forget(addr.node_id, &conn).await;
@@ -447,7 +457,11 @@ impl RemoteTrack {
         while at < end {
             let keep = (end - at).min(max);
             // Short reads must end the track; otherwise ask for the minimum and keep a prefix.
-            let ask = if keep < self.window.min { self.window.min.min(self.size.saturating_sub(at)).max(keep) } else { keep };
+            let ask = if keep < self.window.min {
+                self.window.min.min(self.size.saturating_sub(at)).max(keep)
+            } else {
+                keep
+            };
             out.push((at, ask, keep));
             at += keep;
         }

@@ -123,7 +123,11 @@ impl FolderProvider {
                 segments: track
                     .segments
                     .iter()
-                    .map(|s| SegmentInfo { start_ms: s.start_ms, media_start_ms: s.media_start_ms, end_ms: s.end_ms })
+                    .map(|s| SegmentInfo {
+                        start_ms: s.start_ms,
+                        media_start_ms: s.media_start_ms,
+                        end_ms: s.end_ms,
+                    })
                     .collect(),
                 gap_policy: track.gap_policy.as_ref().map(wire_str),
             });
@@ -140,9 +144,9 @@ impl FolderProvider {
         let (dir, manifest) = self
             .meeting(stream)?
             .ok_or_else(|| NetError::status(ErrorCode::UnknownStream, format!("no stream {stream:?}")))?;
-        let entry = manifest
-            .track(track)
-            .ok_or_else(|| NetError::status(ErrorCode::UnknownTrack, format!("no track {track:?} in {stream:?}")))?;
+        let entry = manifest.track(track).ok_or_else(|| {
+            NetError::status(ErrorCode::UnknownTrack, format!("no track {track:?} in {stream:?}"))
+        })?;
         let file = self.track_file(stream, &dir, entry)?;
         let source = FileSource::open(&file)
             .map_err(|e| NetError::status(ErrorCode::Internal, format!("track {track:?}: {}", e.kind())))?;

@@ -51,7 +51,8 @@ pub fn load_or_create_key(path: &Path) -> Result<fastn_id52::SecretKey, NetError
         Ok(()) => Ok(key),
         // Someone else created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = std::fs::read_to_string(path).map_err(|e| identity_err("reading key file", path, e))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| identity_err("reading key file", path, e))?;
             parse_key(path, &text)
         }
         Err(e) => Err(identity_err("creating key file", path, e)),

@@ -21,5 +21,7 @@ pub mod server;
 
 pub use client::{Client, PeerAddr, RemoteTrack};
 pub use folder::FolderProvider;
-pub use protocol::{ErrorCode, NetError, ReadWindow, StreamInfo, TrackInfo, ALPN, STREAM_GET, STREAM_READ_RANGE};
+pub use protocol::{
+    ErrorCode, NetError, ReadWindow, StreamInfo, TrackInfo, ALPN, STREAM_GET, STREAM_READ_RANGE,
+};
 pub use server::{Server, ServerHandle};

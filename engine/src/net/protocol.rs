@@ -233,7 +233,8 @@ pub enum ResponseHeader {
 
 impl ResponseHeader {
     pub fn ok<T: Serialize>(body: &T) -> Result<ResponseHeader, NetError> {
-        let body = serde_json::to_value(body).map_err(|e| NetError::status(ErrorCode::Internal, e.to_string()))?;
+        let body =
+            serde_json::to_value(body).map_err(|e| NetError::status(ErrorCode::Internal, e.to_string()))?;
         Ok(ResponseHeader::Ok { body })
     }
 
@@ -335,7 +336,10 @@ impl ReadWindow {
         if len < self.min && end != size {
             return Err(NetError::status(
                 ErrorCode::BadLength,
-                format!("read of {len} bytes is below the minimum of {} and does not end the track", self.min),
+                format!(
+                    "read of {len} bytes is below the minimum of {} and does not end the track",
+                    self.min
+                ),
             ));
         }
         Ok(())
@@ -423,7 +427,8 @@ mod tests {
 
     #[test]
     fn wire_shapes_are_as_documented() {
-        let req = Request::ReadRange(ReadRangeRequest { stream: "m".into(), track: "t".into(), start: 1, len: 2 });
+        let req =
+            Request::ReadRange(ReadRangeRequest { stream: "m".into(), track: "t".into(), start: 1, len: 2 });
         let framed = req.encode().expect("encode");
         let json: serde_json::Value = serde_json::from_slice(&framed[4..]).expect("json");
         assert_eq!(
@@ -436,7 +441,10 @@ mod tests {
             serde_json::json!({"status":"error","code":"out_of_range","message":"x"})
         );
         let ok = ResponseHeader::ok(&ReadRangeOk { len: 5 }).expect("ok");
-        assert_eq!(serde_json::to_value(&ok).expect("json"), serde_json::json!({"status":"ok","body":{"len":5}}));
+        assert_eq!(
+            serde_json::to_value(&ok).expect("json"),
+            serde_json::json!({"status":"ok","body":{"len":5}})
+        );
     }
 
     #[test]
@@ -451,8 +459,10 @@ mod tests {
             Err(ErrorCode::BadRequest)
         );
         assert_eq!(
-            Request::decode(br#"{"protocol":"stream.read_range","body":{"stream":"a","track":"b","start":-1,"len":1}}"#)
-                .map_err(|e| e.code()),
+            Request::decode(
+                br#"{"protocol":"stream.read_range","body":{"stream":"a","track":"b","start":-1,"len":1}}"#
+            )
+            .map_err(|e| e.code()),
             Err(ErrorCode::BadRequest)
         );
     }
@@ -470,7 +480,10 @@ mod tests {
             Err(FrameError::TooLarge { len: u32::MAX, limit: MAX_REQUEST_HEADER })
         );
         let over = Vec::from((MAX_REQUEST_HEADER + 1).to_be_bytes());
-        assert!(matches!(read_frame(&mut &over[..], MAX_REQUEST_HEADER).await, Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            read_frame(&mut &over[..], MAX_REQUEST_HEADER).await,
+            Err(FrameError::TooLarge { .. })
+        ));
         // Truncated prefix or body: an I/O error, not a panic.
         assert!(matches!(read_frame(&mut &[0u8, 0][..], 10).await, Err(FrameError::Io(_))));
         let mut short = Vec::from((10u32).to_be_bytes());

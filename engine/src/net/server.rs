@@ -173,7 +173,9 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
         }
         let allow = match &self.allow {
             None => None,
-            Some(list) => Some(list.iter().map(|s| identity::id52_to_node_id(s)).collect::<Result<HashSet<_>, _>>()?),
+            Some(list) => {
+                Some(list.iter().map(|s| identity::id52_to_node_id(s)).collect::<Result<HashSet<_>, _>>()?)
+            }
         };
         let key = self.secret_key.unwrap_or_else(fastn_id52::SecretKey::generate);
         let mut transport = TransportConfig::default();
@@ -382,10 +384,9 @@ async fn serve_connection<R: Resolver, L: Loader>(
             Some(_) = requests.join_next(), if !requests.is_empty() => {}
         }
     }
-    let _ = tokio::time::timeout(inner.shutdown_timeout, async {
-        while requests.join_next().await.is_some() {}
-    })
-    .await;
+    let _ =
+        tokio::time::timeout(inner.shutdown_timeout, async { while requests.join_next().await.is_some() {} })
+            .await;
     requests.abort_all();
     conn.close(VarInt::from_u32(0), b"server shutting down");
 }
@@ -407,10 +408,16 @@ async fn serve_request<R: Resolver, L: Loader>(
                 format!("request header of {len} bytes exceeds {limit}"),
             ))
         }
-        Err(FrameError::Io(e)) => Err(NetError::status(ErrorCode::BadRequest, format!("incomplete header: {e}"))),
+        Err(FrameError::Io(e)) => {
+            Err(NetError::status(ErrorCode::BadRequest, format!("incomplete header: {e}")))
+        }
         // Refuse before parsing or resolving: an unauthorized peer learns nothing.
-        Ok(_) if !authorized => Err(NetError::status(ErrorCode::Unauthorized, "not on this server's allow-list")),
-        Ok(_) if slot.is_none() => Err(NetError::status(ErrorCode::Busy, "too many requests on this connection")),
+        Ok(_) if !authorized => {
+            Err(NetError::status(ErrorCode::Unauthorized, "not on this server's allow-list"))
+        }
+        Ok(_) if slot.is_none() => {
+            Err(NetError::status(ErrorCode::Busy, "too many requests on this connection"))
+        }
         Ok(header) => match Request::decode(&header) {
             Ok(request) => answer(inner, request).await,
             Err(e) => Err(e),
@@ -453,10 +460,16 @@ async fn answer<R: Resolver, L: Loader>(
             Ok((ResponseHeader::ok(&info)?, None))
         }
         Request::ReadRange(read) => {
-            let info =
-                inner.resolver.resolve(read.stream.clone()).await?.ok_or_else(|| unknown_stream(&read.stream))?;
+            let info = inner
+                .resolver
+                .resolve(read.stream.clone())
+                .await?
+                .ok_or_else(|| unknown_stream(&read.stream))?;
             let track = info.track(&read.track).ok_or_else(|| {
-                NetError::status(ErrorCode::UnknownTrack, format!("no track {:?} in {:?}", read.track, read.stream))
+                NetError::status(
+                    ErrorCode::UnknownTrack,
+                    format!("no track {:?} in {:?}", read.track, read.stream),
+                )
             })?;
             inner.window.check(read.start, read.len, track.size)?;
             let data = inner.loader.load(read.stream, read.track, read.start, read.len).await?;

@@ -63,7 +63,13 @@ pub fn loopback() -> SocketAddr {
 
 /// A loopback server for `root` (relays and discovery off).
 pub async fn serve(root: &Path) -> ServerHandle {
-    FolderProvider::new(root).expect("provider").server_builder().bind(loopback()).spawn().await.expect("server")
+    FolderProvider::new(root)
+        .expect("provider")
+        .server_builder()
+        .bind(loopback())
+        .spawn()
+        .await
+        .expect("server")
 }
 
 /// A loopback client.
