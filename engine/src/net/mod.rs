@@ -1,2 +1,27 @@
 //! The peer link: serve and fetch track byte ranges (`stream.get`, `stream.read_range`) over
-//! iroh/QUIC with fastn ID52 identities. (being written)
+//! iroh/QUIC with fastn ID52 identities.
+//!
+//! # Layout
+//! - [`protocol`]: the wire spec (ALPN, protocol names, framing, typed requests, responses and
+//!   error codes). Knows nothing about media.
+//! - [`server`]: a server built from two async callbacks (resolver, loader), with allow-list,
+//!   read window, limits and explicit shutdown.
+//! - [`client`]: a cloneable client with one cached connection per peer, and [`client::RemoteTrack`],
+//!   a [`crate::RangeSource`] over a remote track.
+//! - [`folder`]: a ready-made provider serving a root folder of meetings.
+//! - [`identity`]: ID52 key files and their iroh equivalents.
+//!
+//! Layering rule: nothing here imports the index (codec) modules; the player sits above.
+
+pub mod client;
+pub mod folder;
+pub mod identity;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, PeerAddr, RemoteTrack};
+pub use folder::FolderProvider;
+pub use protocol::{
+    ErrorCode, NetError, ReadWindow, StreamInfo, TrackInfo, ALPN, STREAM_GET, STREAM_READ_RANGE,
+};
+pub use server::{Server, ServerHandle};

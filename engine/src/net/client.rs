@@ -1,0 +1,538 @@
+//! The fetching side: one iroh endpoint, one cached connection per peer, many requests in
+//! flight.
+//!
+//! [`Client`] is a cheap clone (an `Arc` inside). Each request opens a bidirectional stream on
+//! the peer's cached connection; a request that fails because the connection died is retried
+//! once on a fresh connection (a server that restarted keeps its ID52, so the client simply
+//! dials again). Connects and requests are bounded by timeouts.
+//!
+//! [`RemoteTrack`] turns one remote track into a [`RangeSource`], so indexes and the player read
+//! a peer's track exactly as they read a local file.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use iroh::endpoint::Connection;
+use iroh::{Endpoint, NodeAddr, NodeId};
+
+use super::identity;
+use super::protocol::{
+    read_frame, FrameError, GetRequest, NetError, ReadRangeOk, ReadRangeRequest, ReadWindow, Request,
+    ResponseHeader, StreamInfo, TrackInfo, ALPN, MAX_RESPONSE_HEADER,
+};
+use super::server::endpoint_builder;
+use crate::source::{check_range, RangeSource, SourceError};
+
+/// A remote stream's description: plain data, no connection inside.
+pub type Stream = StreamInfo;
+/// A remote track's description: plain data.
+pub type Track = TrackInfo;
+
+/// How to reach a peer: its ID52, and a direct address when known (LAN, loopback). Without
+/// one the client relies on discovery and relays (internet mode).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PeerAddr {
+    pub id52: String,
+    pub direct: Option<SocketAddr>,
+}
+
+impl PeerAddr {
+    pub fn new(id52: impl Into<String>, direct: Option<SocketAddr>) -> PeerAddr {
+        PeerAddr { id52: id52.into(), direct }
+    }
+
+    pub fn node_addr(&self) -> Result<NodeAddr, NetError> {
+        let node = identity::id52_to_node_id(&self.id52)?;
+        Ok(NodeAddr::new(node).with_direct_addresses(self.direct))
+    }
+}
+
+/// Options of a [`Client`].
+pub struct ClientBuilder {
+    /// The client's identity (what a server's allow-list checks); fresh when absent.
+    secret_key: Option<fastn_id52::SecretKey>,
+    bind: SocketAddr,
+    /// n0 relays and discovery (reach a bare ID52) or loopback/LAN only (the default).
+    internet: bool,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("bind", &self.bind)
+            .field("internet", &self.internet)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            secret_key: None,
+            bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            internet: false,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClientBuilder {
+    pub fn secret_key(mut self, key: fastn_id52::SecretKey) -> Self {
+        self.secret_key = Some(key);
+        self
+    }
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+    pub fn internet(mut self, on: bool) -> Self {
+        self.internet = on;
+        self
+    }
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Binds the client's endpoint. Must run inside a tokio runtime, which the client then
+    /// uses for blocking reads through [`RemoteTrack`].
+    pub async fn spawn(self) -> Result<Client, NetError> {
+        let key = self.secret_key.unwrap_or_else(fastn_id52::SecretKey::generate);
+        let secret = identity::to_iroh_secret(&key);
+        let endpoint = bind_endpoint(self.bind, self.internet, &secret).await?;
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                id52: key.id52(),
+                secret,
+                redial_bind: SocketAddr::new(self.bind.ip(), 0),
+                internet: self.internet,
+                endpoint,
+                connections: Mutex::new(HashMap::new()),
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        })
+    }
+}
+
+/// Fetches stream descriptions and byte ranges from peers. Clone it freely.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+/// One connection slot per peer, locked while dialing so concurrent requests share one dial.
+type Slot = Arc<tokio::sync::Mutex<PeerSlot>>;
+
+#[derive(Debug, Default)]
+struct PeerSlot {
+    conn: Option<Connection>,
+    /// A connection to this peer was lost: dial it next from a fresh endpoint. iroh 0.91 keeps
+    /// trusting the old UDP path for seconds, and a restarted server drops QUIC packets from a
+    /// path it has not pinged, so a re-dial on the same endpoint stalls for 5-20 s.
+    lost: bool,
+    /// The peer's own endpoint after a loss (the shared one otherwise).
+    endpoint: Option<Endpoint>,
+}
+
+async fn bind_endpoint(
+    bind: SocketAddr,
+    internet: bool,
+    secret: &iroh::SecretKey,
+) -> Result<Endpoint, NetError> {
+    endpoint_builder(bind, internet)
+        .secret_key(secret.clone())
+        .bind()
+        .await
+        .map_err(|e| NetError::Bind(e.to_string()))
+}
+
+#[derive(Debug)]
+struct ClientInner {
+    id52: String,
+    /// Same identity on every endpoint the client binds.
+    secret: iroh::SecretKey,
+    /// Where re-dial endpoints bind (the client's IP, any port).
+    redial_bind: SocketAddr,
+    internet: bool,
+    endpoint: Endpoint,
+    connections: Mutex<HashMap<NodeId, Slot>>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    /// Where [`RemoteTrack`]'s blocking reads run their requests.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Client {
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// This client's ID52 (what a server's allow-list names).
+    pub fn id52(&self) -> &str {
+        &self.inner.id52
+    }
+
+    /// Describes `stream` on `peer`.
+    pub async fn get(&self, peer: &PeerAddr, stream: &str) -> Result<Stream, NetError> {
+        let request = Request::Get(GetRequest { stream: stream.to_string() });
+        let (header, _) = self.request(peer, &request, false).await?;
+        header.into_result()
+    }
+
+    /// Exactly `len` bytes at `start` of a remote track; `len` must fit the server's window.
+    pub async fn read_range(
+        &self,
+        peer: &PeerAddr,
+        stream: &str,
+        track: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, NetError> {
+        let request = Request::ReadRange(ReadRangeRequest {
+            stream: stream.to_string(),
+            track: track.to_string(),
+            start,
+            len,
+        });
+        let (_, data) = self.request(peer, &request, true).await?;
+        Ok(data)
+    }
+
+    /// A [`RangeSource`] over one remote track (one `stream.get` to learn its size).
+    pub async fn remote_track(
+        &self,
+        peer: &PeerAddr,
+        stream: &str,
+        track: &str,
+    ) -> Result<RemoteTrack, NetError> {
+        let info = self.get(peer, stream).await?;
+        RemoteTrack::new(self.clone(), peer.clone(), &info, track)
+    }
+
+    /// Sends an already framed request and returns the response header and whatever bytes
+    /// follow it (up to `max_body`). For tests and diagnostics of servers: it lets malformed
+    /// requests through.
+    #[cfg(any(test, feature = "test-utils"))]
+    pub async fn send_raw(
+        &self,
+        peer: &PeerAddr,
+        frame: Bytes,
+        max_body: usize,
+    ) -> Result<(ResponseHeader, Bytes), NetError> {
+        let conn = self.connection(&peer.node_addr()?).await?;
+        let work = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+            // The server may stop reading an oversized header; its answer still arrives.
+            let _ = send.write_chunk(frame).await;
+            let _ = send.finish();
+            let header = read_header(&mut recv).await?;
+            let rest = recv.read_to_end(max_body).await.map_err(conn_err)?;
+            Ok((header, Bytes::from(rest)))
+        };
+        tokio::time::timeout(self.inner.request_timeout, work)
+            .await
+            .map_err(|_| NetError::Timeout(self.inner.request_timeout))?
+    }
+
+    /// Closes every connection and every endpoint.
+    pub async fn close(&self) {
+        let slots: Vec<Slot> = {
+            let map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            map.values().cloned().collect()
+        };
+        for slot in slots {
+            let mut guard = slot.lock().await;
+            guard.conn = None;
+            if let Some(endpoint) = guard.endpoint.take() {
+                endpoint.close().await;
+            }
+        }
+        self.inner.endpoint.close().await;
+    }
+
+    async fn request(
+        &self,
+        peer: &PeerAddr,
+        request: &Request,
+        ranged: bool,
+    ) -> Result<(ResponseHeader, Bytes), NetError> {
+        let frame = request.encode()?;
+        let addr = peer.node_addr()?;
+        let expected = match request {
+            Request::ReadRange(r) if ranged => Some(r.len),
+            _ => None,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let conn = self.connection(&addr).await?;
+            let result =
+                tokio::time::timeout(self.inner.request_timeout, exchange(&conn, frame.clone(), expected))
+                    .await
+                    .unwrap_or(Err(NetError::Timeout(self.inner.request_timeout)));
+            match result {
+                Err(NetError::Connection(message)) => {
+                    self.forget(addr.node_id, &conn).await;
+                    if attempt >= 2 {
+                        return Err(NetError::Connection(message));
+                    }
+                    tracing::debug!(peer = %peer.id52, "retrying on a fresh connection: {message}");
+                }
+                Err(NetError::Timeout(t)) => {
+                    // The connection may be dead without having noticed: dial afresh next time.
+                    self.forget(addr.node_id, &conn).await;
+                    return Err(NetError::Timeout(t));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The cached connection to a peer, dialing when there is none or it has closed.
+    async fn connection(&self, addr: &NodeAddr) -> Result<Connection, NetError> {
+        let slot = {
+            let mut map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(addr.node_id).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(conn) = guard.conn.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+            guard.lost = true;
+        }
+        guard.conn = None;
+        if guard.lost {
+            guard.lost = false;
+            if let Some(old) = guard.endpoint.take() {
+                old.close().await;
+            }
+            guard.endpoint =
+                Some(bind_endpoint(self.inner.redial_bind, self.inner.internet, &self.inner.secret).await?);
+        }
+        let endpoint = guard.endpoint.as_ref().unwrap_or(&self.inner.endpoint);
+        let peer = identity::node_id_to_id52(&addr.node_id);
+        let dial = endpoint.connect(addr.clone(), ALPN);
+        let conn = tokio::time::timeout(self.inner.connect_timeout, dial)
+            .await
+            .map_err(|_| NetError::Connect {
+                peer: peer.clone(),
+                message: format!("no answer within {:?}", self.inner.connect_timeout),
+            })?
+            .map_err(|e| NetError::Connect { peer, message: e.to_string() });
+        match conn {
+            Ok(conn) => {
+                guard.conn = Some(conn.clone());
+                Ok(conn)
+            }
+            Err(e) => {
+                guard.lost = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops a cached connection, unless it was already replaced by a newer one.
+    async fn forget(&self, node: NodeId, conn: &Connection) {
+        let slot = {
+            let map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&node).cloned()
+        };
+        if let Some(slot) = slot {
+            let mut guard = slot.lock().await;
+            if guard.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                guard.conn = None;
+                guard.lost = true;
+            }
+        }
+    }
+}
+
+fn conn_err(e: impl std::fmt::Display) -> NetError {
+    NetError::Connection(e.to_string())
+}
+
+async fn read_header(recv: &mut iroh::endpoint::RecvStream) -> Result<ResponseHeader, NetError> {
+    let json = read_frame(recv, MAX_RESPONSE_HEADER).await.map_err(|e| match e {
+        FrameError::Io(e) => NetError::Connection(e),
+        FrameError::TooLarge { len, limit } => {
+            NetError::Protocol(format!("response header of {len} bytes exceeds {limit}"))
+        }
+    })?;
+    serde_json::from_slice(&json).map_err(|e| NetError::Protocol(format!("malformed response header: {e}")))
+}
+
+/// One request on its own stream: the header, then for a range exactly `expected` bytes.
+async fn exchange(
+    conn: &Connection,
+    frame: Bytes,
+    expected: Option<u64>,
+) -> Result<(ResponseHeader, Bytes), NetError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(conn_err)?;
+    send.write_chunk(frame).await.map_err(conn_err)?;
+    send.finish().map_err(conn_err)?;
+    let header = read_header(&mut recv).await?;
+    let Some(expected) = expected else { return Ok((header, Bytes::new())) };
+    let ok: ReadRangeOk = header.clone().into_result()?;
+    if ok.len != expected {
+        return Err(NetError::Protocol(format!("asked for {expected} bytes, server announced {}", ok.len)));
+    }
+    // `expected` is our own request, already bounded by the server's window.
+    let size = usize::try_from(expected).map_err(|_| NetError::Protocol("range too large".into()))?;
+    let mut buf = BytesMut::zeroed(size);
+    recv.read_exact(&mut buf).await.map_err(conn_err)?;
+    Ok((header, buf.freeze()))
+}
+
+/// One remote track as a [`RangeSource`]: peer, stream, track, size and a client handle.
+///
+/// `read_range` blocks the calling thread until the bytes arrive: call it from a blocking
+/// thread (`spawn_blocking`, a parser or GStreamer thread), never from an async worker, where
+/// it would stall the runtime. The requests themselves run on the client's runtime. Reads
+/// larger than the server's window are split into window-sized requests issued concurrently;
+/// reads smaller than the window's minimum fetch the minimum (or up to the end of the track)
+/// and return the part asked for.
+#[derive(Debug, Clone)]
+pub struct RemoteTrack {
+    client: Client,
+    peer: PeerAddr,
+    stream: String,
+    track: String,
+    size: u64,
+    window: ReadWindow,
+}
+
+impl RemoteTrack {
+    /// From a description already fetched with [`Client::get`].
+    pub fn new(client: Client, peer: PeerAddr, info: &Stream, track: &str) -> Result<RemoteTrack, NetError> {
+        let t = info.track(track).ok_or_else(|| {
+            NetError::status(
+                super::protocol::ErrorCode::UnknownTrack,
+                format!("no track {track:?} in {:?}", info.name),
+            )
+        })?;
+        Ok(RemoteTrack {
+            client,
+            peer,
+            stream: info.name.clone(),
+            track: track.to_string(),
+            size: t.size,
+            window: info.read_window,
+        })
+    }
+
+    pub fn peer(&self) -> &PeerAddr {
+        &self.peer
+    }
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+    pub fn track(&self) -> &str {
+        &self.track
+    }
+    pub fn window(&self) -> ReadWindow {
+        self.window
+    }
+
+    /// The requests (start, len to ask, len to keep) that cover `start..start+len`.
+    fn plan(&self, start: u64, len: u64) -> Vec<(u64, u64, u64)> {
+        let max = self.window.max.max(1);
+        let mut out = Vec::new();
+        let mut at = start;
+        let end = start.saturating_add(len);
+        while at < end {
+            let keep = (end - at).min(max);
+            // Short reads must end the track; otherwise ask for the minimum and keep a prefix.
+            let ask = if keep < self.window.min {
+                self.window.min.min(self.size.saturating_sub(at)).max(keep)
+            } else {
+                keep
+            };
+            out.push((at, ask, keep));
+            at += keep;
+        }
+        out
+    }
+
+    /// The async form of [`RangeSource::read_range`], for callers already on the runtime.
+    pub async fn read(&self, start: u64, len: u64) -> Result<Bytes, NetError> {
+        check_range(start, len, self.size)
+            .map_err(|e| NetError::status(super::protocol::ErrorCode::OutOfRange, e.to_string()))?;
+        let parts = self.plan(start, len);
+        let fetches = parts.iter().map(|&(at, ask, keep)| async move {
+            let data = self.client.read_range(&self.peer, &self.stream, &self.track, at, ask).await?;
+            Ok::<Bytes, NetError>(data.slice(..usize::try_from(keep).unwrap_or(usize::MAX).min(data.len())))
+        });
+        let mut chunks = futures::future::try_join_all(fetches).await?;
+        if chunks.len() == 1 {
+            return Ok(chunks.pop().unwrap_or_default());
+        }
+        let mut out = BytesMut::with_capacity(usize::try_from(len).unwrap_or(0));
+        for chunk in chunks {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out.freeze())
+    }
+}
+
+impl RangeSource for RemoteTrack {
+    fn len(&self) -> u64 {
+        self.size
+    }
+
+    fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+        check_range(start, len, self.size)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let this = self.clone();
+        let task = self.client.inner.runtime.spawn(async move { this.read(start, len).await });
+        match futures::executor::block_on(task) {
+            Ok(Ok(data)) => Ok(data),
+            Ok(Err(e)) => Err(SourceError::Remote { start, len, message: e.to_string() }),
+            Err(e) => Err(SourceError::Remote { start, len, message: format!("request task failed: {e}") }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn plan_splits_and_pads_reads_to_the_window() {
+        let client = Client::builder().spawn().await.expect("client");
+        let track = RemoteTrack {
+            client,
+            peer: PeerAddr::new("x", None),
+            stream: "s".into(),
+            track: "t".into(),
+            size: 10_000,
+            window: ReadWindow { min: 100, max: 1000 },
+        };
+        // Small read in the middle: ask for the minimum, keep 8.
+        assert_eq!(track.plan(50, 8), vec![(50, 100, 8)]);
+        // Small read near the end: ask up to the end.
+        assert_eq!(track.plan(9_950, 8), vec![(9_950, 50, 8)]);
+        // Large read: window-sized parts, a short tail padded to the minimum.
+        assert_eq!(track.plan(0, 2_010), vec![(0, 1000, 1000), (1000, 1000, 1000), (2000, 100, 10)]);
+        for (at, ask, keep) in track.plan(123, 7_777) {
+            assert!(keep <= ask && ask <= 1000);
+            assert!(ask >= 100 || at + ask == 10_000);
+        }
+    }
+}

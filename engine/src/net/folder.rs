@@ -1,0 +1,174 @@
+//! A ready-made provider: serves a root folder of meetings (one sub-folder per meeting, each
+//! with a `meeting.json`) through a [`Server`](super::server::Server).
+//!
+//! A stream name is a meeting folder's name. Names must be plain (`[A-Za-z0-9_.-]`, not `.` or
+//! `..`): anything else is `bad_request`. A meeting folder or track file whose real path (after
+//! following symlinks) lies outside the root is treated as absent (`unknown_stream` /
+//! `unknown_track`), so a link cannot expose the rest of the disk. Reads are positioned reads on
+//! a blocking thread; nothing is cached, so files replaced on disk are served as they are now.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::protocol::{ErrorCode, NetError, ReadWindow, SegmentInfo, StreamInfo, TrackInfo};
+use super::server::{Loader, Resolver, Server, ServerBuilder};
+use crate::manifest::{is_safe_name, Manifest, ManifestTrack};
+use crate::source::{FileSource, RangeSource, SourceError};
+
+/// Serves `<root>/<meeting>/meeting.json` and the files it names.
+#[derive(Debug, Clone)]
+pub struct FolderProvider {
+    /// Canonical root: every served path must start with it.
+    root: Arc<PathBuf>,
+}
+
+impl FolderProvider {
+    pub fn new(root: impl AsRef<Path>) -> Result<FolderProvider, NetError> {
+        let root = root.as_ref();
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| NetError::status(ErrorCode::Internal, format!("serving {}: {e}", root.display())))?;
+        Ok(FolderProvider { root: Arc::new(root) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The stream's description, `None` when there is no such meeting.
+    pub async fn stream_info(&self, stream: String) -> Result<Option<StreamInfo>, NetError> {
+        let this = self.clone();
+        blocking(move || this.info_blocking(&stream)).await
+    }
+
+    /// Exactly `len` bytes at `start` of a track's file.
+    pub async fn load(&self, stream: String, track: String, start: u64, len: u64) -> Result<Bytes, NetError> {
+        let this = self.clone();
+        blocking(move || this.load_blocking(&stream, &track, start, len)).await
+    }
+
+    /// The resolver callback for [`Server::builder`].
+    pub fn resolver(&self) -> impl Resolver {
+        let this = self.clone();
+        move |stream: String| {
+            let this = this.clone();
+            async move { this.stream_info(stream).await }
+        }
+    }
+
+    /// The loader callback for [`Server::builder`].
+    pub fn loader(&self) -> impl Loader {
+        let this = self.clone();
+        move |stream: String, track: String, start: u64, len: u64| {
+            let this = this.clone();
+            async move { this.load(stream, track, start, len).await }
+        }
+    }
+
+    /// A server builder serving this folder.
+    pub fn server_builder(&self) -> ServerBuilder<impl Resolver, impl Loader> {
+        Server::builder(self.resolver(), self.loader())
+    }
+
+    /// The meeting folder and its manifest; `None` when absent or outside the root.
+    fn meeting(&self, stream: &str) -> Result<Option<(PathBuf, Manifest)>, NetError> {
+        if !is_safe_name(stream) {
+            return Err(NetError::status(ErrorCode::BadRequest, format!("invalid stream name {stream:?}")));
+        }
+        let Some(dir) = self.inside_root(&self.root.join(stream))? else { return Ok(None) };
+        if !dir.join(Manifest::FILE_NAME).is_file() {
+            return Ok(None);
+        }
+        let manifest = Manifest::load(&dir)
+            .map_err(|e| NetError::status(ErrorCode::Internal, format!("stream {stream:?}: {e}")))?;
+        Ok(Some((dir, manifest)))
+    }
+
+    /// The canonical form of `path` if it exists and lies inside the root.
+    fn inside_root(&self, path: &Path) -> Result<Option<PathBuf>, NetError> {
+        match std::fs::canonicalize(path) {
+            Ok(real) if real.starts_with(&*self.root) => Ok(Some(real)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NetError::status(ErrorCode::Internal, e.to_string())),
+        }
+    }
+
+    fn track_file(&self, stream: &str, dir: &Path, track: &ManifestTrack) -> Result<PathBuf, NetError> {
+        self.inside_root(&dir.join(track.file()))?.ok_or_else(|| {
+            NetError::status(
+                ErrorCode::UnknownTrack,
+                format!("track {:?} of {stream:?} has no file on the server", track.name),
+            )
+        })
+    }
+
+    fn info_blocking(&self, stream: &str) -> Result<Option<StreamInfo>, NetError> {
+        let Some((dir, manifest)) = self.meeting(stream)? else { return Ok(None) };
+        let mut tracks = Vec::with_capacity(manifest.tracks.len());
+        for track in &manifest.tracks {
+            let file = self.track_file(stream, &dir, track)?;
+            let size = std::fs::metadata(&file)
+                .map_err(|e| {
+                    NetError::status(ErrorCode::Internal, format!("track {:?}: {}", track.name, e.kind()))
+                })?
+                .len();
+            tracks.push(TrackInfo {
+                name: track.name.clone(),
+                kind: wire_str(&track.kind),
+                role: track.role.clone(),
+                participant: track.participant.clone(),
+                size,
+                segments: track
+                    .segments
+                    .iter()
+                    .map(|s| SegmentInfo {
+                        start_ms: s.start_ms,
+                        media_start_ms: s.media_start_ms,
+                        end_ms: s.end_ms,
+                    })
+                    .collect(),
+                gap_policy: track.gap_policy.as_ref().map(wire_str),
+            });
+        }
+        Ok(Some(StreamInfo {
+            name: stream.to_string(),
+            duration_ms: manifest.duration_ms,
+            tracks,
+            read_window: ReadWindow::default(),
+        }))
+    }
+
+    fn load_blocking(&self, stream: &str, track: &str, start: u64, len: u64) -> Result<Bytes, NetError> {
+        let (dir, manifest) = self
+            .meeting(stream)?
+            .ok_or_else(|| NetError::status(ErrorCode::UnknownStream, format!("no stream {stream:?}")))?;
+        let entry = manifest.track(track).ok_or_else(|| {
+            NetError::status(ErrorCode::UnknownTrack, format!("no track {track:?} in {stream:?}"))
+        })?;
+        let file = self.track_file(stream, &dir, entry)?;
+        let source = FileSource::open(&file)
+            .map_err(|e| NetError::status(ErrorCode::Internal, format!("track {track:?}: {}", e.kind())))?;
+        source.read_range(start, len).map_err(|e| match e {
+            SourceError::OutOfRange { .. } => NetError::status(ErrorCode::OutOfRange, e.to_string()),
+            other => NetError::status(ErrorCode::Internal, format!("track {track:?}: {other}")),
+        })
+    }
+}
+
+/// The snake_case name serde gives an enum variant (`video`, `freeze`).
+fn wire_str<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(NetError::status(ErrorCode::Internal, format!("worker failed: {e}"))))
+}

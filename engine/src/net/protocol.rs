@@ -1,0 +1,493 @@
+//! The wire protocol between a serving peer and a playing peer. This module is the spec.
+//!
+//! # Goals
+//! - Fetch any byte range of any track of a named stream (a meeting) with one round trip, the
+//!   bytes raw on the wire (no base64, no JSON arrays of bytes).
+//! - Many requests in flight on one connection, answered concurrently.
+//! - The server exposes names, kinds, sizes and timeline offsets: never paths.
+//!
+//! # Non-goals
+//! - No media knowledge: this module never imports codec or index modules. The server does not
+//!   decode, transcode or cache; the client decides which ranges it needs.
+//! - No push, no subscriptions: the client pulls.
+//!
+//! # Transport
+//! - QUIC via iroh, ALPN [`ALPN`] (`tandem/stream/1`); peers are named by fastn ID52 keys
+//!   (the BASE32_DNSSEC encoding of the ed25519 public key iroh uses as its node id).
+//! - One connection per pair of peers, one bidirectional stream per request.
+//!
+//! # Request (client -> server, then the client finishes its send side)
+//! ```text
+//! u32 big-endian length N (N <= MAX_REQUEST_HEADER = 64 KiB)
+//! N bytes of JSON: {"protocol": "stream.get" | "stream.read_range", "body": {...}}
+//! ```
+//! - `stream.get`, body [`GetRequest`] `{"stream": "standup"}`, answers [`StreamInfo`].
+//! - `stream.read_range`, body [`ReadRangeRequest`] `{"stream", "track", "start", "len"}`,
+//!   answers [`ReadRangeOk`] `{"len": n}` followed by exactly `n` raw bytes (`n == len`).
+//!
+//! # Response (server -> client, then the server finishes the stream)
+//! ```text
+//! u32 big-endian length M (M <= MAX_RESPONSE_HEADER)
+//! M bytes of JSON: {"status":"ok","body":{...}}
+//!               or {"status":"error","code":"<ErrorCode>","message":"..."}
+//! [for an ok read_range: exactly body.len raw bytes]
+//! ```
+//!
+//! # Limits
+//! - A request header longer than [`MAX_REQUEST_HEADER`] is answered with `header_too_large`
+//!   without reading it; the server then stops reading that stream. Other streams on the
+//!   connection are unaffected.
+//! - Reads must satisfy the server's [`ReadWindow`] (`min <= len <= max`, advertised in
+//!   [`StreamInfo::read_window`]); a shorter read is allowed only when it ends exactly at the
+//!   end of the track (the tail of a file). Zero-length reads, reads past the end and reads
+//!   outside the window get `bad_length` / `out_of_range`.
+//! - A server with an allow-list answers every request from other peers with `unauthorized`,
+//!   before looking at the stream name, so they learn nothing about which streams exist.
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The ALPN of this protocol; the version is part of it.
+pub const ALPN: &[u8] = b"tandem/stream/1";
+
+/// Protocol name: describe a stream (its tracks, sizes, timeline placement).
+pub const STREAM_GET: &str = "stream.get";
+/// Protocol name: read a byte range of one track.
+pub const STREAM_READ_RANGE: &str = "stream.read_range";
+
+/// Largest request header a server reads.
+pub const MAX_REQUEST_HEADER: u32 = 64 * 1024;
+/// Largest response header a client reads (a stream description with many tracks and
+/// segments is bigger than any request).
+pub const MAX_RESPONSE_HEADER: u32 = 1024 * 1024;
+
+/// Default smallest read a server accepts (except a file's tail).
+pub const DEFAULT_MIN_READ: u64 = 4 * 1024;
+/// Default largest read a server accepts.
+pub const DEFAULT_MAX_READ: u64 = 8 * 1024 * 1024;
+
+/// Error codes carried by an error response. Serialized in snake_case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    UnknownStream,
+    UnknownTrack,
+    OutOfRange,
+    BadLength,
+    BadRequest,
+    HeaderTooLarge,
+    UnknownProtocol,
+    Unauthorized,
+    Busy,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownStream => "unknown_stream",
+            ErrorCode::UnknownTrack => "unknown_track",
+            ErrorCode::OutOfRange => "out_of_range",
+            ErrorCode::BadLength => "bad_length",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::HeaderTooLarge => "header_too_large",
+            ErrorCode::UnknownProtocol => "unknown_protocol",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything that can go wrong on the peer link. `Clone` so one failure can reach every
+/// waiter of a shared request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// A protocol-level refusal: sent by a server, or produced by a provider callback.
+    #[error("{code}: {message}")]
+    Status { code: ErrorCode, message: String },
+    /// The peer broke the framing or sent something unparsable.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// Could not reach the peer.
+    #[error("connecting to {peer}: {message}")]
+    Connect { peer: String, message: String },
+    /// The connection or stream failed mid-request (the client retries once on these).
+    #[error("connection lost: {0}")]
+    Connection(String),
+    #[error("timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    /// Binding the local endpoint failed.
+    #[error("binding the endpoint: {0}")]
+    Bind(String),
+    /// Key file or ID52 problems.
+    #[error("identity: {0}")]
+    Identity(String),
+}
+
+impl NetError {
+    pub fn status(code: ErrorCode, message: impl Into<String>) -> NetError {
+        NetError::Status { code, message: message.into() }
+    }
+
+    /// The protocol code: the one carried by a status error, `internal` for everything else.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            NetError::Status { code, .. } => *code,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The envelope of every request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestHeader {
+    pub protocol: String,
+    pub body: serde_json::Value,
+}
+
+/// `stream.get` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub stream: String,
+}
+
+/// `stream.read_range` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRangeRequest {
+    pub stream: String,
+    pub track: String,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// `stream.read_range` success body; `len` raw bytes follow the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRangeOk {
+    pub len: u64,
+}
+
+/// A typed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Get(GetRequest),
+    ReadRange(ReadRangeRequest),
+}
+
+impl Request {
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Request::Get(_) => STREAM_GET,
+            Request::ReadRange(_) => STREAM_READ_RANGE,
+        }
+    }
+
+    pub fn to_header(&self) -> RequestHeader {
+        let body = match self {
+            Request::Get(b) => serde_json::to_value(b),
+            Request::ReadRange(b) => serde_json::to_value(b),
+        };
+        RequestHeader { protocol: self.protocol().to_string(), body: body.unwrap_or_default() }
+    }
+
+    pub fn from_header(header: RequestHeader) -> Result<Request, NetError> {
+        let bad = |e: serde_json::Error| NetError::status(ErrorCode::BadRequest, e.to_string());
+        match header.protocol.as_str() {
+            STREAM_GET => Ok(Request::Get(serde_json::from_value(header.body).map_err(bad)?)),
+            STREAM_READ_RANGE => Ok(Request::ReadRange(serde_json::from_value(header.body).map_err(bad)?)),
+            other => Err(NetError::status(ErrorCode::UnknownProtocol, format!("unknown protocol {other:?}"))),
+        }
+    }
+
+    /// The framed request: length prefix and JSON header.
+    pub fn encode(&self) -> Result<Bytes, NetError> {
+        encode_frame(&self.to_header())
+    }
+
+    /// Parses a header's JSON (without its length prefix).
+    pub fn decode(json: &[u8]) -> Result<Request, NetError> {
+        let header: RequestHeader = serde_json::from_slice(json)
+            .map_err(|e| NetError::status(ErrorCode::BadRequest, format!("malformed header: {e}")))?;
+        Request::from_header(header)
+    }
+}
+
+/// The envelope of every response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ResponseHeader {
+    Ok { body: serde_json::Value },
+    Error { code: ErrorCode, message: String },
+}
+
+impl ResponseHeader {
+    pub fn ok<T: Serialize>(body: &T) -> Result<ResponseHeader, NetError> {
+        let body =
+            serde_json::to_value(body).map_err(|e| NetError::status(ErrorCode::Internal, e.to_string()))?;
+        Ok(ResponseHeader::Ok { body })
+    }
+
+    pub fn error(err: &NetError) -> ResponseHeader {
+        let message = match err {
+            NetError::Status { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        ResponseHeader::Error { code: err.code(), message }
+    }
+
+    /// The typed body of an ok response, or the carried error.
+    pub fn into_result<T: serde::de::DeserializeOwned>(self) -> Result<T, NetError> {
+        match self {
+            ResponseHeader::Ok { body } => serde_json::from_value(body)
+                .map_err(|e| NetError::Protocol(format!("unexpected response body: {e}"))),
+            ResponseHeader::Error { code, message } => Err(NetError::Status { code, message }),
+        }
+    }
+}
+
+/// A stream (meeting) as a server describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    pub tracks: Vec<TrackInfo>,
+    pub read_window: ReadWindow,
+}
+
+impl StreamInfo {
+    pub fn track(&self, name: &str) -> Option<&TrackInfo> {
+        self.tracks.iter().find(|t| t.name == name)
+    }
+}
+
+/// One track of a stream: what it is, how big, where it sits on the timeline. Kinds, roles and
+/// gap policies are plain strings here: the protocol carries them without understanding them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// Size of the track's byte stream.
+    pub size: u64,
+    pub segments: Vec<SegmentInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_policy: Option<String>,
+}
+
+/// Where a stretch of the track lands on the meeting timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentInfo {
+    pub start_ms: u64,
+    #[serde(default)]
+    pub media_start_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ms: Option<u64>,
+}
+
+/// The sizes of reads a server accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadWindow {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Default for ReadWindow {
+    fn default() -> Self {
+        ReadWindow { min: DEFAULT_MIN_READ, max: DEFAULT_MAX_READ }
+    }
+}
+
+impl ReadWindow {
+    /// Checks a read of a track of `size` bytes against the window and the track's end.
+    pub fn check(&self, start: u64, len: u64, size: u64) -> Result<(), NetError> {
+        if len == 0 {
+            return Err(NetError::status(ErrorCode::BadLength, "zero-length read"));
+        }
+        if len > self.max {
+            return Err(NetError::status(
+                ErrorCode::BadLength,
+                format!("read of {len} bytes exceeds the maximum of {}", self.max),
+            ));
+        }
+        let end = match start.checked_add(len) {
+            Some(end) if end <= size => end,
+            _ => {
+                return Err(NetError::status(
+                    ErrorCode::OutOfRange,
+                    format!("range {start}+{len} lies past the end of the track ({size} bytes)"),
+                ))
+            }
+        };
+        if len < self.min && end != size {
+            return Err(NetError::status(
+                ErrorCode::BadLength,
+                format!(
+                    "read of {len} bytes is below the minimum of {} and does not end the track",
+                    self.min
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Length prefix plus JSON of `value`.
+pub fn encode_frame<T: Serialize>(value: &T) -> Result<Bytes, NetError> {
+    let json = serde_json::to_vec(value).map_err(|e| NetError::status(ErrorCode::Internal, e.to_string()))?;
+    let len = u32::try_from(json.len())
+        .map_err(|_| NetError::status(ErrorCode::Internal, "header longer than 4 GiB"))?;
+    let mut out = BytesMut::with_capacity(4 + json.len());
+    out.put_u32(len);
+    out.put_slice(&json);
+    Ok(out.freeze())
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The announced length exceeds the limit; nothing past the prefix was read.
+    TooLarge { len: u32, limit: u32 },
+    /// The stream ended or failed before the frame was complete.
+    Io(String),
+}
+
+/// Reads one length-prefixed frame, refusing lengths above `limit` before allocating.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, limit: u32) -> Result<Vec<u8>, FrameError> {
+    let mut prefix = [0u8; 4];
+    reader.read_exact(&mut prefix).await.map_err(|e| FrameError::Io(e.to_string()))?;
+    let len = u32::from_be_bytes(prefix);
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
+    }
+    let mut buf = vec![0u8; len as usize];
+    reader.read_exact(&mut buf).await.map_err(|e| FrameError::Io(e.to_string()))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_name() -> impl Strategy<Value = String> {
+        "[A-Za-z0-9_.\\-/ é\"\\\\]{0,40}"
+    }
+
+    fn arb_request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            arb_name().prop_map(|stream| Request::Get(GetRequest { stream })),
+            (arb_name(), arb_name(), any::<u64>(), any::<u64>()).prop_map(|(stream, track, start, len)| {
+                Request::ReadRange(ReadRangeRequest { stream, track, start, len })
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn request_round_trips(req in arb_request()) {
+            let framed = req.encode().expect("encode");
+            let len = u32::from_be_bytes(framed[..4].try_into().expect("prefix")) as usize;
+            prop_assert_eq!(len, framed.len() - 4);
+            prop_assert_eq!(Request::decode(&framed[4..]).expect("decode"), req);
+        }
+
+        #[test]
+        fn error_response_round_trips(msg in ".{0,60}", code in 0usize..10) {
+            let codes = [ErrorCode::UnknownStream, ErrorCode::UnknownTrack, ErrorCode::OutOfRange,
+                ErrorCode::BadLength, ErrorCode::BadRequest, ErrorCode::HeaderTooLarge,
+                ErrorCode::UnknownProtocol, ErrorCode::Unauthorized, ErrorCode::Busy, ErrorCode::Internal];
+            let err = NetError::status(codes[code], msg);
+            let framed = encode_frame(&ResponseHeader::error(&err)).expect("encode");
+            let back: ResponseHeader = serde_json::from_slice(&framed[4..]).expect("json");
+            prop_assert_eq!(back.into_result::<ReadRangeOk>(), Err(err));
+        }
+
+        #[test]
+        fn window_accepts_exactly_the_allowed_reads(start in 0u64..10_000, len in 0u64..10_000, size in 0u64..10_000) {
+            let w = ReadWindow { min: 100, max: 1000 };
+            let ok = len > 0 && len <= 1000 && start + len <= size && (len >= 100 || start + len == size);
+            prop_assert_eq!(w.check(start, len, size).is_ok(), ok);
+        }
+    }
+
+    #[test]
+    fn wire_shapes_are_as_documented() {
+        let req =
+            Request::ReadRange(ReadRangeRequest { stream: "m".into(), track: "t".into(), start: 1, len: 2 });
+        let framed = req.encode().expect("encode");
+        let json: serde_json::Value = serde_json::from_slice(&framed[4..]).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"protocol":"stream.read_range","body":{"stream":"m","track":"t","start":1,"len":2}})
+        );
+        let err = ResponseHeader::error(&NetError::status(ErrorCode::OutOfRange, "x"));
+        assert_eq!(
+            serde_json::to_value(&err).expect("json"),
+            serde_json::json!({"status":"error","code":"out_of_range","message":"x"})
+        );
+        let ok = ResponseHeader::ok(&ReadRangeOk { len: 5 }).expect("ok");
+        assert_eq!(
+            serde_json::to_value(&ok).expect("json"),
+            serde_json::json!({"status":"ok","body":{"len":5}})
+        );
+    }
+
+    #[test]
+    fn bad_headers_get_typed_errors() {
+        assert_eq!(Request::decode(b"{not json").map_err(|e| e.code()), Err(ErrorCode::BadRequest));
+        assert_eq!(
+            Request::decode(br#"{"protocol":"stream.delete","body":{}}"#).map_err(|e| e.code()),
+            Err(ErrorCode::UnknownProtocol)
+        );
+        assert_eq!(
+            Request::decode(br#"{"protocol":"stream.get","body":{"stream":7}}"#).map_err(|e| e.code()),
+            Err(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            Request::decode(
+                br#"{"protocol":"stream.read_range","body":{"stream":"a","track":"b","start":-1,"len":1}}"#
+            )
+            .map_err(|e| e.code()),
+            Err(ErrorCode::BadRequest)
+        );
+    }
+
+    #[tokio::test]
+    async fn framing_refuses_oversized_and_truncated_frames() {
+        // Exactly at the limit: read.
+        let mut ok = Vec::from((4u32).to_be_bytes());
+        ok.extend_from_slice(b"abcd");
+        assert_eq!(read_frame(&mut &ok[..], 4).await, Ok(b"abcd".to_vec()));
+        // One above: refused from the prefix alone (no allocation of the announced size).
+        let big = Vec::from((u32::MAX).to_be_bytes());
+        assert_eq!(
+            read_frame(&mut &big[..], MAX_REQUEST_HEADER).await,
+            Err(FrameError::TooLarge { len: u32::MAX, limit: MAX_REQUEST_HEADER })
+        );
+        let over = Vec::from((MAX_REQUEST_HEADER + 1).to_be_bytes());
+        assert!(matches!(
+            read_frame(&mut &over[..], MAX_REQUEST_HEADER).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        // Truncated prefix or body: an I/O error, not a panic.
+        assert!(matches!(read_frame(&mut &[0u8, 0][..], 10).await, Err(FrameError::Io(_))));
+        let mut short = Vec::from((10u32).to_be_bytes());
+        short.extend_from_slice(b"abc");
+        assert!(matches!(read_frame(&mut &short[..], 10).await, Err(FrameError::Io(_))));
+    }
+}

@@ -1,0 +1,492 @@
+//! The serving side: answers `stream.get` and `stream.read_range` from two async callbacks.
+//!
+//! ```text
+//! Endpoint (ALPN tandem/stream/1)
+//!   '- accept loop (max connections; refuses the rest)
+//!        '- per connection: allow-list check once, then accept_bi loop
+//!             '- per stream (max concurrent per connection, `busy` above): read header,
+//!                check, resolver(stream) -> sizes, loader(stream, track, start, len) -> bytes
+//! ```
+//!
+//! The server knows names and sizes only through the resolver and bytes only through the
+//! loader; it never decodes and never caches (every read calls the loader). Whatever the
+//! callbacks return as an error is sent to the client with its code ([`NetError::code`]).
+//! Shutdown is explicit: [`ServerHandle::shutdown`] stops accepting, lets in-flight requests
+//! finish (bounded by a timeout) and closes the endpoint.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use iroh::endpoint::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
+use iroh::{Endpoint, NodeAddr, NodeId, RelayMode};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use super::identity;
+use super::protocol::{
+    encode_frame, read_frame, ErrorCode, FrameError, NetError, ReadRangeOk, ReadWindow, Request,
+    ResponseHeader, StreamInfo, ALPN, MAX_REQUEST_HEADER,
+};
+
+/// Describes a stream: `Ok(None)` when there is no such stream. The server replaces
+/// `read_window` with its own.
+pub trait Resolver: Clone + Send + Sync + 'static {
+    fn resolve(&self, stream: String) -> impl Future<Output = Result<Option<StreamInfo>, NetError>> + Send;
+}
+
+impl<F, Fut> Resolver for F
+where
+    F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Option<StreamInfo>, NetError>> + Send,
+{
+    fn resolve(&self, stream: String) -> impl Future<Output = Result<Option<StreamInfo>, NetError>> + Send {
+        self(stream)
+    }
+}
+
+/// Loads exactly `len` bytes at `start` of a track. Called only for ranges the server has
+/// already checked against the resolver's size and the read window.
+pub trait Loader: Clone + Send + Sync + 'static {
+    fn load(
+        &self,
+        stream: String,
+        track: String,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Bytes, NetError>> + Send;
+}
+
+impl<F, Fut> Loader for F
+where
+    F: Fn(String, String, u64, u64) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, NetError>> + Send,
+{
+    fn load(
+        &self,
+        stream: String,
+        track: String,
+        start: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Bytes, NetError>> + Send {
+        self(stream, track, start, len)
+    }
+}
+
+/// Entry point: `Server::builder(resolver, loader)...spawn().await`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    pub fn builder<R: Resolver, L: Loader>(resolver: R, loader: L) -> ServerBuilder<R, L> {
+        ServerBuilder {
+            resolver,
+            loader,
+            secret_key: None,
+            allow: None,
+            window: ReadWindow::default(),
+            max_connections: 256,
+            max_requests_per_connection: 64,
+            bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            internet: false,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Options of a server; every field has a default except the two callbacks.
+pub struct ServerBuilder<R, L> {
+    resolver: R,
+    loader: L,
+    /// The server's identity; a fresh one (a new ID52 every run) when absent.
+    secret_key: Option<fastn_id52::SecretKey>,
+    /// ID52s allowed to ask anything; everyone when `None`.
+    allow: Option<Vec<String>>,
+    window: ReadWindow,
+    /// Connections beyond this are refused during the handshake.
+    max_connections: usize,
+    /// QUIC stream credit per connection; requests above it (if a client ignores the credit)
+    /// get `busy`.
+    max_requests_per_connection: usize,
+    bind: SocketAddr,
+    /// n0 relays and DNS discovery, so a bare ID52 reaches us; off for loopback/LAN.
+    internet: bool,
+    /// How long shutdown waits for in-flight requests.
+    shutdown_timeout: Duration,
+}
+
+impl<R, L> std::fmt::Debug for ServerBuilder<R, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("allow", &self.allow)
+            .field("window", &self.window)
+            .field("bind", &self.bind)
+            .field("internet", &self.internet)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
+    pub fn secret_key(mut self, key: fastn_id52::SecretKey) -> Self {
+        self.secret_key = Some(key);
+        self
+    }
+    /// Only these ID52s may use the server; others get `unauthorized` for every request.
+    pub fn allow<I: IntoIterator<Item = S>, S: Into<String>>(mut self, id52s: I) -> Self {
+        self.allow = Some(id52s.into_iter().map(Into::into).collect());
+        self
+    }
+    pub fn read_window(mut self, window: ReadWindow) -> Self {
+        self.window = window;
+        self
+    }
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+    pub fn max_requests_per_connection(mut self, n: usize) -> Self {
+        self.max_requests_per_connection = n.max(1);
+        self
+    }
+    /// Local address; port 0 picks a free one (tests).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+    /// Turns n0 relays and discovery on (internet) or off (loopback/LAN, the default).
+    pub fn internet(mut self, on: bool) -> Self {
+        self.internet = on;
+        self
+    }
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Binds the endpoint and starts serving.
+    pub async fn spawn(self) -> Result<ServerHandle, NetError> {
+        if self.window.min == 0 || self.window.min > self.window.max {
+            return Err(NetError::Bind(format!("invalid read window {:?}", self.window)));
+        }
+        let allow = match &self.allow {
+            None => None,
+            Some(list) => {
+                Some(list.iter().map(|s| identity::id52_to_node_id(s)).collect::<Result<HashSet<_>, _>>()?)
+            }
+        };
+        let key = self.secret_key.unwrap_or_else(fastn_id52::SecretKey::generate);
+        let mut transport = TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(1)));
+        let streams = u32::try_from(self.max_requests_per_connection).unwrap_or(u32::MAX);
+        transport.max_concurrent_bidi_streams(VarInt::from_u32(streams));
+        transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+        let endpoint = endpoint_builder(self.bind, self.internet)
+            .secret_key(identity::to_iroh_secret(&key))
+            .alpns(vec![ALPN.to_vec()])
+            .transport_config(transport)
+            .bind()
+            .await
+            .map_err(|e| NetError::Bind(e.to_string()))?;
+        // iroh falls back silently when a requested port is taken; a server asked for a
+        // specific port must get it or fail.
+        if self.bind.port() != 0 && !endpoint.bound_sockets().iter().any(|a| a.port() == self.bind.port()) {
+            endpoint.close().await;
+            return Err(NetError::Bind(format!("{} is already in use", self.bind)));
+        }
+        let inner = Arc::new(Inner {
+            resolver: self.resolver,
+            loader: self.loader,
+            allow,
+            window: self.window,
+            max_requests: self.max_requests_per_connection,
+            shutdown_timeout: self.shutdown_timeout,
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(endpoint.clone(), inner, shutdown_rx, self.max_connections));
+        Ok(ServerHandle { id52: key.id52(), endpoint, shutdown_tx, task })
+    }
+}
+
+/// An iroh endpoint builder for loopback/LAN (no relays, no discovery) or the internet (n0
+/// relays and DNS discovery). No local-network discovery: it needs multicast, which many
+/// machines lack, and direct addresses cover the LAN.
+pub(crate) fn endpoint_builder(bind: SocketAddr, internet: bool) -> iroh::endpoint::Builder {
+    let builder = Endpoint::builder();
+    let builder = if internet {
+        builder.relay_mode(RelayMode::Default).discovery_n0()
+    } else {
+        builder.relay_mode(RelayMode::Disabled).clear_discovery()
+    };
+    match bind {
+        SocketAddr::V4(v4) => builder.bind_addr_v4(v4),
+        SocketAddr::V6(v6) => builder.bind_addr_v6(v6),
+    }
+}
+
+/// A running server. Dropping it leaves the server running until the runtime ends; call
+/// [`ServerHandle::shutdown`] to stop it cleanly.
+#[derive(Debug)]
+pub struct ServerHandle {
+    id52: String,
+    endpoint: Endpoint,
+    shutdown_tx: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// The server's public identity.
+    pub fn id52(&self) -> &str {
+        &self.id52
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.endpoint.node_id()
+    }
+
+    /// The local UDP sockets the endpoint is bound to.
+    pub fn bound_addrs(&self) -> Vec<SocketAddr> {
+        self.endpoint.bound_sockets()
+    }
+
+    /// Addresses a client on this machine or LAN can dial: the bound sockets, with an
+    /// unspecified IP replaced by loopback, plus whatever interface addresses iroh has found.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        use iroh::Watcher as _;
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for mut addr in self.endpoint.bound_sockets() {
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            if !out.contains(&addr) {
+                out.push(addr);
+            }
+        }
+        if let Some(found) = self.endpoint.direct_addresses().get() {
+            for d in found {
+                if !out.contains(&d.addr) {
+                    out.push(d.addr);
+                }
+            }
+        }
+        out
+    }
+
+    /// Node id plus [`Self::direct_addrs`].
+    pub fn node_addr(&self) -> NodeAddr {
+        NodeAddr::new(self.node_id()).with_direct_addresses(self.direct_addrs())
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the shutdown timeout), closes
+    /// every connection and the endpoint.
+    ///
+    /// Returns once the UDP ports are free again (up to two seconds), so a restarted server
+    /// can bind the same address.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.task.await;
+        let sockets = self.endpoint.bound_sockets();
+        self.endpoint.close().await;
+        drop(self.endpoint);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for addr in sockets {
+            while std::net::UdpSocket::bind(addr).is_err() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+struct Inner<R, L> {
+    resolver: R,
+    loader: L,
+    allow: Option<HashSet<NodeId>>,
+    window: ReadWindow,
+    max_requests: usize,
+    shutdown_timeout: Duration,
+}
+
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    // An error means the handle is gone without shutdown: keep serving until the runtime ends.
+    if rx.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn accept_loop<R: Resolver, L: Loader>(
+    endpoint: Endpoint,
+    inner: Arc<Inner<R, L>>,
+    mut shutdown: watch::Receiver<bool>,
+    max_connections: usize,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = wait_shutdown(&mut shutdown) => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!("refusing a connection: {max_connections} already open");
+                    incoming.refuse();
+                    continue;
+                };
+                let inner = inner.clone();
+                let shutdown = shutdown.clone();
+                connections.spawn(async move {
+                    let connecting = match incoming.accept() {
+                        Ok(c) => c,
+                        Err(e) => return tracing::debug!("accept failed: {e}"),
+                    };
+                    match connecting.await {
+                        Ok(conn) => serve_connection(conn, inner, shutdown).await,
+                        Err(e) => tracing::debug!("handshake failed: {e}"),
+                    }
+                    drop(slot);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    // Each connection task saw the same signal and is draining its requests.
+    let grace = inner.shutdown_timeout.saturating_add(Duration::from_secs(1));
+    let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    connections.abort_all();
+}
+
+async fn serve_connection<R: Resolver, L: Loader>(
+    conn: Connection,
+    inner: Arc<Inner<R, L>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = conn.remote_node_id().ok();
+    let authorized = match (&inner.allow, peer) {
+        (None, _) => true,
+        (Some(allow), Some(peer)) => allow.contains(&peer),
+        (Some(_), None) => false,
+    };
+    let slots = Arc::new(Semaphore::new(inner.max_requests));
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = wait_shutdown(&mut shutdown) => break,
+            accepted = conn.accept_bi() => {
+                let Ok((send, recv)) = accepted else { break };
+                let inner = inner.clone();
+                let slot = slots.clone().try_acquire_owned().ok();
+                requests.spawn(async move { serve_request(&inner, send, recv, authorized, slot).await });
+            }
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    let _ =
+        tokio::time::timeout(inner.shutdown_timeout, async { while requests.join_next().await.is_some() {} })
+            .await;
+    requests.abort_all();
+    conn.close(VarInt::from_u32(0), b"server shutting down");
+}
+
+/// Reads one request, answers it, and waits until the client has the whole answer (so a
+/// shutdown right after does not cut it off).
+async fn serve_request<R: Resolver, L: Loader>(
+    inner: &Inner<R, L>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    authorized: bool,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let result = match read_frame(&mut recv, MAX_REQUEST_HEADER).await {
+        Err(FrameError::TooLarge { len, limit }) => {
+            let _ = recv.stop(VarInt::from_u32(1));
+            Err(NetError::status(
+                ErrorCode::HeaderTooLarge,
+                format!("request header of {len} bytes exceeds {limit}"),
+            ))
+        }
+        Err(FrameError::Io(e)) => {
+            Err(NetError::status(ErrorCode::BadRequest, format!("incomplete header: {e}")))
+        }
+        // Refuse before parsing or resolving: an unauthorized peer learns nothing.
+        Ok(_) if !authorized => {
+            Err(NetError::status(ErrorCode::Unauthorized, "not on this server's allow-list"))
+        }
+        Ok(_) if slot.is_none() => {
+            Err(NetError::status(ErrorCode::Busy, "too many requests on this connection"))
+        }
+        Ok(header) => match Request::decode(&header) {
+            Ok(request) => answer(inner, request).await,
+            Err(e) => Err(e),
+        },
+    };
+    let (header, data) = match result {
+        Ok((header, data)) => (header, data),
+        Err(e) => (ResponseHeader::error(&e), None),
+    };
+    let frame = match encode_frame(&header) {
+        Ok(f) => f,
+        Err(e) => return tracing::warn!("encoding a response: {e}"),
+    };
+    if send.write_chunk(frame).await.is_err() {
+        return;
+    }
+    if let Some(data) = data {
+        if send.write_chunk(data).await.is_err() {
+            return;
+        }
+    }
+    drop(slot);
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
+    }
+}
+
+async fn answer<R: Resolver, L: Loader>(
+    inner: &Inner<R, L>,
+    request: Request,
+) -> Result<(ResponseHeader, Option<Bytes>), NetError> {
+    match request {
+        Request::Get(get) => {
+            let mut info = inner
+                .resolver
+                .resolve(get.stream.clone())
+                .await?
+                .ok_or_else(|| unknown_stream(&get.stream))?;
+            info.read_window = inner.window;
+            Ok((ResponseHeader::ok(&info)?, None))
+        }
+        Request::ReadRange(read) => {
+            let info = inner
+                .resolver
+                .resolve(read.stream.clone())
+                .await?
+                .ok_or_else(|| unknown_stream(&read.stream))?;
+            let track = info.track(&read.track).ok_or_else(|| {
+                NetError::status(
+                    ErrorCode::UnknownTrack,
+                    format!("no track {:?} in {:?}", read.track, read.stream),
+                )
+            })?;
+            inner.window.check(read.start, read.len, track.size)?;
+            let data = inner.loader.load(read.stream, read.track, read.start, read.len).await?;
+            if data.len() as u64 != read.len {
+                return Err(NetError::status(
+                    ErrorCode::Internal,
+                    format!("loader returned {} bytes for a read of {}", data.len(), read.len),
+                ));
+            }
+            Ok((ResponseHeader::ok(&ReadRangeOk { len: read.len })?, Some(data)))
+        }
+    }
+}
+
+/// How long a finished response may wait for the client's acknowledgement.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+fn unknown_stream(name: &str) -> NetError {
+    NetError::status(ErrorCode::UnknownStream, format!("no stream {name:?}"))
+}
