@@ -11,12 +11,25 @@
 //! reports: it starts packets at 0 and keeps the LAME encoder delay for the decoder to trim, so
 //! we parse the delay but do not shift times by it.
 //!
-//! A byte offset does not tell the frame index (frame sizes vary with bitrate and padding; the
-//! Xing TOC is a 1/256 estimate), so exact times need the frame table. We build it once, lazily,
-//! by walking frame headers forward in large windows ([`FRAME_WINDOW`]: one read per MiB, a
-//! 10-minute 128 kbps file is about ten reads), and keep it: later seeks and sample batches are
-//! binary searches without reads. Simple and exact over clever: a TOC- or CBR-estimated seek
-//! would save bytes but give times off by a frame or more.
+//! A byte offset does not by itself tell the frame index (frame sizes vary with bitrate and
+//! padding), so exact times need to know how many frames come before. Two cases:
+//!
+//! - **Constant bitrate** (no Xing/VBRI frame, or LAME's "Info" frame, which marks CBR): an
+//!   encoder that pads as LAME does puts frame `n` at `first + floor((n * 144 * bitrate +
+//!   phase) / rate)` (72 for MPEG-2/2.5; see [`CbrLayout`]). A seek computes `n` from `t`,
+//!   reads one 4 KiB window there and checks that a header of the predicted length sits exactly
+//!   at the predicted offset and its successor right after it; then the frame's time is exactly
+//!   `n * samples_per_frame / rate`. Sample batches walk forward from such a frame the same way
+//!   ([`ReadPos::sample`] carries the frame index). If the check fails (other padding, garbage
+//!   mid-file, a VBR file without a header) we fall back to the walk below, so times stay exact.
+//!   The check cannot see a whole frame dropped from an otherwise perfect layout before `n`;
+//!   such a file would need its padding pattern to survive the cut, which LAME's does not.
+//! - **Variable bitrate** (Xing, VBRI): we walk frame headers forward in large windows
+//!   ([`FRAME_WINDOW`]: one read per MiB) and keep the table, but only as far as a call needs:
+//!   a seek to minute 5 of 60 reads about a twelfth of the file, later seeks before that point
+//!   are binary searches without reads. The Xing TOC would give a seek from one read, but it
+//!   is a 1/256-of-the-file estimate and times would be off by frames; we choose exact times
+//!   and pay with reading the file up to the target once. `keyframes()` walks everything.
 //!
 //! Opening reads the 4 KiB head plus at most one small read at the first frame (after a large
 //! ID3v2 tag). The duration comes from the Xing/VBRI frame count, or for CBR files without one
@@ -551,6 +564,22 @@ impl Mp3Index {
         Ok(Some(SampleBatch { samples, next }))
     }
 
+    /// The last frame whose pts is not after `t` (0 before the start).
+    fn frame_at(&self, t: MediaTime) -> u64 {
+        let per_sec = 1_000_000_000 * i128::from(self.first.samples);
+        let exact = i128::from(t.as_nanos().max(0)) * i128::from(self.first.sample_rate) / per_sec;
+        let mut n = u64::try_from(exact).unwrap_or(u64::MAX);
+        // Frame times are rounded to the nanosecond, so `t` may sit just before a rounded pts
+        // or just after one: one step either way settles it.
+        if self.pts(n.saturating_add(1)) <= t {
+            n = n.saturating_add(1);
+        }
+        if n > 0 && self.pts(n) > t {
+            n -= 1;
+        }
+        n
+    }
+
     fn pts(&self, index: u64) -> MediaTime {
         let ticks = index.saturating_mul(u64::from(self.first.samples));
         MediaTime::from_ticks(i64::try_from(ticks).unwrap_or(i64::MAX), self.first.sample_rate as u64)
@@ -592,8 +621,7 @@ impl ContainerIndex for Mp3Index {
     }
 
     fn seek(&self, src: &dyn RangeSource, t: MediaTime) -> Result<Keyframe, ParseError> {
-        let ticks = t.to_ticks(self.first.sample_rate as u64).unwrap_or(i64::MAX).max(0);
-        let n = ticks as u64 / u64::from(self.first.samples);
+        let n = self.frame_at(t);
         let walked = {
             let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             table.done || table.frames.len() as u64 > n
@@ -625,9 +653,7 @@ impl ContainerIndex for Mp3Index {
         let frames = &table.frames;
         let start = frames.partition_point(|f| f.offset < from.offset);
         let end = start.saturating_add(max).min(frames.len());
-        let samples = (start..end)
-            .filter_map(|i| frames.get(i).map(|f| self.sample(i as u64, *f)))
-            .collect();
+        let samples = (start..end).filter_map(|i| frames.get(i).map(|f| self.sample(i as u64, *f))).collect();
         let next = frames.get(end).map(|f| ReadPos { offset: f.offset, sample: end as u64 });
         Ok(SampleBatch { samples, next })
     }
@@ -870,6 +896,10 @@ mod tests {
                 assert_eq!(k, expected(&keyframes, *t), "phase {phase}, seek({t})");
                 assert!(cost.reads <= 2 && cost.bytes <= 2 * VERIFY_WINDOW, "phase {phase} {t}: {cost:?}");
             }
+            // Frame times are rounded to the nanosecond: just before one is the frame before.
+            let index = TrackIndex::open("t", &src).expect("opens");
+            let just_before = keyframes[500].pts.saturating_sub(MediaTime::from_nanos(1));
+            assert_eq!(index.seek(&src, just_before).expect("seek"), keyframes[499]);
             // Batches from a seek point need no table either, and agree with it.
             let index = TrackIndex::open("t", &src).expect("opens");
             let counted = crate::source::CountingSource::new(&src);
