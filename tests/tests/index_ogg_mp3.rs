@@ -84,6 +84,40 @@ fn check_file(path: &Path, codec: Codec, seek_reads_max: u64) -> Result<TrackInd
     Ok(index)
 }
 
+/// Constant-bitrate MP3: a seek near the end on a fresh index reads one small window where the
+/// layout puts the frame (not the whole file), and gives exactly what the full walk gives.
+fn check_cheap_late_seek(path: &Path) -> Result<()> {
+    let name = path.display().to_string();
+    let src = FileSource::open(path)?;
+    let walked = TrackIndex::open("walk", &src)?;
+    let walk_cost = CountingSource::new(&src);
+    let keyframes = walked.keyframes(&walk_cost)?;
+    let last = keyframes.last().context("keyframes")?.pts;
+    ensure!(last > MediaTime::from_secs(590), "{name}: only {last} long");
+    for t in
+        [last.saturating_sub(MediaTime::from_secs(5)), MediaTime::from_nanos(last.as_nanos() / 7 * 6 + 1)]
+    {
+        let fresh = TrackIndex::open("fresh", &src)?;
+        let counted = CountingSource::new(&src);
+        let k = fresh.seek(&counted, t)?;
+        let cost = counted.cost();
+        eprintln!("{name}: seek({t}) cost {cost:?}; the full walk cost {:?}", walk_cost.cost());
+        ensure!(cost.reads <= 3 && cost.bytes < 64 * 1024, "{name}: seek({t}) cost {cost:?}");
+        let expected = keyframes.iter().rev().find(|k| k.pts <= t).context("keyframe before t")?;
+        ensure!(&k == expected, "{name}: seek({t}) gave {k:?}, the walk {expected:?}");
+        // Samples from there need no walk either, and agree with the walk.
+        let batch = fresh.samples(&counted, k.pos, 64)?;
+        let at = keyframes.iter().position(|x| x == expected).context("position")?;
+        let want: Vec<_> = keyframes[at..].iter().take(64).map(|x| (x.pts, x.offset, x.size)).collect();
+        let got: Vec<_> = batch.samples.iter().map(|s| (s.pts, s.offset, s.size)).collect();
+        ensure!(got == want, "{name}: samples after seek({t}) differ from the walk");
+        ensure!(batch.next == keyframes.get(at + 64).map(|k| k.pos), "{name}: next batch position");
+        let cost = counted.cost();
+        ensure!(cost.bytes < 128 * 1024, "{name}: seek and one batch cost {cost:?}");
+    }
+    Ok(())
+}
+
 fn tmp() -> Result<tempfile::TempDir> {
     Ok(tempfile::tempdir()?)
 }
@@ -155,9 +189,43 @@ fn ffmpeg_mp3_vbr_and_cbr() -> Result<()> {
     let vbr = out(&dir, "vbr.mp3");
     ffmpeg(&["-f", "lavfi", "-i", &lavfi_sine(600), "-c:a", "libmp3lame", "-q:a", "4", s(&vbr)])?;
     check_file(&vbr, Codec::Mp3, 30)?;
+    // VBR walks (in 1 MiB windows) only as far as the target: a seek at a tenth reads about a
+    // tenth of the file, rounded up to a window.
+    {
+        let src = FileSource::open(&vbr)?;
+        let fresh = TrackIndex::open("fresh", &src)?;
+        let counted = CountingSource::new(&src);
+        fresh.seek(&counted, MediaTime::from_secs(60))?;
+        let cost = counted.cost();
+        eprintln!("VBR {} bytes: seek at 1:00 cost {cost:?}", src.len());
+        ensure!(
+            cost.bytes <= src.len() / 10 + 1024 * 1024 && cost.bytes < src.len() * 3 / 4,
+            "VBR seek at 1 of 10 minutes read {cost:?} of {}",
+            src.len()
+        );
+    }
+    // CBR: ffmpeg writes a LAME "Info" frame.
     let cbr = out(&dir, "cbr.mp3");
-    ffmpeg(&["-f", "lavfi", "-i", &lavfi_sine(60), "-c:a", "libmp3lame", "-b:a", "128k", s(&cbr)])?;
+    ffmpeg(&["-f", "lavfi", "-i", &lavfi_sine(600), "-c:a", "libmp3lame", "-b:a", "128k", s(&cbr)])?;
     check_file(&cbr, Codec::Mp3, 30)?;
+    check_cheap_late_seek(&cbr)?;
+    // CBR without any Xing/Info frame.
+    let bare = out(&dir, "cbr-bare.mp3");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        &lavfi_sine(600),
+        "-c:a",
+        "libmp3lame",
+        "-b:a",
+        "128k",
+        "-write_xing",
+        "0",
+        s(&bare),
+    ])?;
+    check_file(&bare, Codec::Mp3, 30)?;
+    check_cheap_late_seek(&bare)?;
     let mono = out(&dir, "mono22.mp3");
     ffmpeg(&[
         "-f",
@@ -187,10 +255,11 @@ fn gstreamer_mp3() -> Result<()> {
     check_file(&x, Codec::Mp3, 30)?;
     let c = out(&dir, "gc.mp3");
     gst(&format!(
-        "audiotestsrc num-buffers=1000 ! audioconvert ! lamemp3enc target=bitrate bitrate=96 cbr=true ! filesink location={}",
+        "audiotestsrc num-buffers=25900 ! audioconvert ! lamemp3enc target=bitrate bitrate=96 cbr=true ! filesink location={}",
         s(&c)
     ))?;
     check_file(&c, Codec::Mp3, 30)?;
+    check_cheap_late_seek(&c)?;
     Ok(())
 }
 

@@ -11,18 +11,31 @@
 //! reports: it starts packets at 0 and keeps the LAME encoder delay for the decoder to trim, so
 //! we parse the delay but do not shift times by it.
 //!
-//! A byte offset does not tell the frame index (frame sizes vary with bitrate and padding; the
-//! Xing TOC is a 1/256 estimate), so exact times need the frame table. We build it once, lazily,
-//! by walking frame headers forward in large windows ([`FRAME_WINDOW`]: one read per MiB, a
-//! 10-minute 128 kbps file is about ten reads), and keep it: later seeks and sample batches are
-//! binary searches without reads. Simple and exact over clever: a TOC- or CBR-estimated seek
-//! would save bytes but give times off by a frame or more.
+//! A byte offset does not by itself tell the frame index (frame sizes vary with bitrate and
+//! padding), so exact times need to know how many frames come before. Two cases:
+//!
+//! - **Constant bitrate** (no Xing/VBRI frame, or LAME's "Info" frame, which marks CBR): an
+//!   encoder that pads as LAME does puts frame `n` at `first + floor((n * 144 * bitrate +
+//!   phase) / rate)` (72 for MPEG-2/2.5; see [`CbrLayout`]). A seek computes `n` from `t`,
+//!   reads one 4 KiB window there and checks that a header of the predicted length sits exactly
+//!   at the predicted offset and its successor right after it; then the frame's time is exactly
+//!   `n * samples_per_frame / rate`. Sample batches walk forward from such a frame the same way
+//!   ([`ReadPos::sample`] carries the frame index). If the check fails (other padding, garbage
+//!   mid-file, a VBR file without a header) we fall back to the walk below, so times stay exact.
+//!   The check cannot see a whole frame dropped from an otherwise perfect layout before `n`;
+//!   such a file would need its padding pattern to survive the cut, which LAME's does not.
+//! - **Variable bitrate** (Xing, VBRI): we walk frame headers forward in large windows
+//!   ([`FRAME_WINDOW`]: one read per MiB) and keep the table, but only as far as a call needs:
+//!   a seek to minute 5 of 60 reads about a twelfth of the file, later seeks before that point
+//!   are binary searches without reads. The Xing TOC would give a seek from one read, but it
+//!   is a 1/256-of-the-file estimate and times would be off by frames; we choose exact times
+//!   and pay with reading the file up to the target once. `keyframes()` walks everything.
 //!
 //! Opening reads the 4 KiB head plus at most one small read at the first frame (after a large
 //! ID3v2 tag). The duration comes from the Xing/VBRI frame count, or for CBR files without one
 //! from the file size and the first frame's bitrate (as ffprobe estimates it).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
     AudioInfo, Codec, Container, ContainerIndex, Keyframe, ParseError, ReadPos, Reader, Sample, SampleBatch,
@@ -37,6 +50,9 @@ const XING: &str = "Xing header";
 
 /// Window for walking frame headers.
 pub(crate) const FRAME_WINDOW: u64 = 1024 * 1024;
+/// Window read where a constant-bitrate layout predicts a frame: a few frames and the next
+/// header.
+const VERIFY_WINDOW: u64 = 4096;
 /// Bytes read at the first frame when it lies past the head: the largest layer III frame
 /// (1441 bytes) and the next header fit.
 const FIRST_FRAME_READ: u64 = 4096;
@@ -120,6 +136,8 @@ pub(crate) struct VbrHeader {
     pub(crate) toc: Option<[u8; 100]>,
     /// LAME encoder delay and padding, in samples.
     pub(crate) delay: Option<(u16, u16)>,
+    /// The tag says "Info": LAME writes it instead of "Xing" for constant bitrate.
+    pub(crate) info: bool,
 }
 
 fn be32(b: &[u8], at: usize) -> Option<u32> {
@@ -135,10 +153,9 @@ pub(crate) fn parse_vbr_header(
     let at = header.xing_offset();
     let truncated = || ParseError::malformed(XING, offset, "shorter than its flags say");
     if let Some(tag) = frame.get(at..at + 4).filter(|t| t == b"Xing" || t == b"Info") {
-        let _ = tag;
         let flags = be32(frame, at + 4).ok_or_else(truncated)?;
         let mut p = at + 8;
-        let mut vbr = VbrHeader::default();
+        let mut vbr = VbrHeader { info: tag == b"Info", ..VbrHeader::default() };
         if flags & 1 != 0 {
             vbr.frames = Some(be32(frame, p).ok_or_else(truncated)?);
             p += 4;
@@ -171,7 +188,7 @@ pub(crate) fn parse_vbr_header(
     if frame.get(36..40) == Some(b"VBRI") {
         let bytes = be32(frame, 36 + 10).ok_or_else(truncated)?;
         let frames = be32(frame, 36 + 14).ok_or_else(truncated)?;
-        return Ok(Some(VbrHeader { frames: Some(frames), bytes: Some(bytes), toc: None, delay: None }));
+        return Ok(Some(VbrHeader { frames: Some(frames), bytes: Some(bytes), ..VbrHeader::default() }));
     }
     Ok(None)
 }
@@ -217,14 +234,73 @@ struct FrameRef {
     len: u32,
 }
 
+/// Where the frames of a constant-bitrate stream lie, if the encoder padded them: frame `n`
+/// starts at `start + floor((n * per_frame + phase) / rate)` with `per_frame` = 144 (MPEG-1) or
+/// 72 (MPEG-2/2.5) times the bitrate. LAME sets the padding bit so the running length tracks
+/// that exact average, leaving the first frame unpadded: phase `rate - 1 - per_frame % rate`.
+/// A plain running floor (phase 0) is tried as well.
+#[derive(Debug, Clone, Copy)]
+struct CbrLayout {
+    start: u64,
+    /// The first audio frame (the Info frame may have another bitrate).
+    header: FrameHeader,
+    per_frame: u128,
+    rate: u128,
+}
+
+impl CbrLayout {
+    fn new(start: u64, header: FrameHeader) -> CbrLayout {
+        let coeff: u128 = if header.version == 1 { 144 } else { 72 };
+        CbrLayout {
+            start,
+            header,
+            per_frame: coeff * u128::from(header.bitrate_kbps) * 1000,
+            rate: u128::from(header.sample_rate),
+        }
+    }
+
+    fn phases(&self) -> [u128; 2] {
+        [self.rate.saturating_sub(1 + self.per_frame % self.rate), 0]
+    }
+
+    /// Predicted start of frame `n`.
+    fn offset(&self, n: u64, phase: u128) -> Option<u64> {
+        let rel = u128::from(n).checked_mul(self.per_frame)?.checked_add(phase)? / self.rate;
+        self.start.checked_add(u64::try_from(rel).ok()?)
+    }
+
+    /// How many predicted frames end within `len` bytes.
+    fn frames_in(&self, len: u64, phase: u128) -> u64 {
+        if len < self.start || self.per_frame == 0 {
+            return 0;
+        }
+        // Frames 0..m fit iff offset(m) <= len iff m * per_frame + phase < (len - start + 1) * rate.
+        let room = (u128::from(len - self.start) + 1) * self.rate;
+        u64::try_from(room.saturating_sub(phase + 1) / self.per_frame).unwrap_or(u64::MAX)
+    }
+}
+
+/// The frame table as far as it has been walked.
+#[derive(Debug)]
+struct Prefix {
+    frames: Vec<FrameRef>,
+    /// Where the walk continues.
+    next: u64,
+    /// The walk reached the end of the stream.
+    done: bool,
+}
+
 #[derive(Debug)]
 pub(crate) struct Mp3Index {
     info: TrackInfo,
     first: FrameHeader,
     /// Offset of the first audio frame (after the ID3v2 tag and the Xing frame).
     audio_start: u64,
-    /// Every audio frame, built on first use.
-    table: OnceLock<Arc<Vec<FrameRef>>>,
+    /// Set when the stream says it is constant bitrate (no Xing/VBRI header, or LAME's Info).
+    cbr: Option<CbrLayout>,
+    /// The frame table, walked lazily and only as far as a call needs. Held across the reads
+    /// that extend it, so two threads never walk the same bytes.
+    table: Mutex<Prefix>,
 }
 
 impl Mp3Index {
@@ -271,6 +347,13 @@ impl Mp3Index {
         let frame = buf.get(i..(i + first.len as usize).min(buf.len())).unwrap_or(&[]);
         let vbr = parse_vbr_header(&first, frame, first_offset)?;
         let audio_start = if vbr.is_some() { first_offset + first.len as u64 } else { first_offset };
+        let audio_at = if vbr.is_some() { i + first.len as usize } else { i };
+        let claims_cbr = vbr.as_ref().is_none_or(|v| v.info);
+        let cbr = buf
+            .get(audio_at..)
+            .and_then(FrameHeader::parse)
+            .filter(|h| claims_cbr && h.compatible(&first))
+            .map(|h| CbrLayout::new(audio_start, h));
         let rate = first.sample_rate as u64;
         let frames = vbr.as_ref().and_then(|v| v.frames).filter(|&f| f > 0);
         let duration = match frames {
@@ -299,42 +382,65 @@ impl Mp3Index {
             },
             first,
             audio_start,
-            table: OnceLock::new(),
+            cbr,
+            table: Mutex::new(Prefix { frames: Vec::new(), next: audio_start, done: false }),
         })
     }
 
-    /// The frame table, walking the file once if it was not built yet.
-    fn table(&self, src: &dyn RangeSource) -> Result<Arc<Vec<FrameRef>>, ParseError> {
-        if let Some(t) = self.table.get() {
-            return Ok(t.clone());
+    /// The frame table, walked on until `enough` says it holds what the caller needs (or the
+    /// stream ends).
+    fn table_until(
+        &self,
+        src: &dyn RangeSource,
+        enough: impl Fn(&[FrameRef]) -> bool,
+    ) -> Result<MutexGuard<'_, Prefix>, ParseError> {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.done || enough(&table.frames) {
+            return Ok(table);
         }
-        let table = Arc::new(self.walk(src)?);
-        Ok(self.table.get_or_init(|| table).clone())
+        let mut wr = WindowReader::new(src, FRAME_WINDOW);
+        let mut pos = table.next;
+        while !enough(&table.frames) {
+            match self.next_frame(&mut wr, &mut pos)? {
+                Some(f) => {
+                    table.frames.push(f);
+                    table.next = pos;
+                }
+                None => {
+                    table.done = true;
+                    break;
+                }
+            }
+        }
+        Ok(table)
     }
 
-    fn walk(&self, src: &dyn RangeSource) -> Result<Vec<FrameRef>, ParseError> {
-        let len = src.len();
-        let mut wr = WindowReader::new(src, FRAME_WINDOW);
-        let mut frames = Vec::new();
-        let mut pos = self.audio_start;
-        while pos.saturating_add(4) <= len {
-            let head = wr.read(pos, 4, FRAME)?;
+    /// The frame at `*pos`, or after the damaged bytes there; `None` at the end of the stream.
+    /// Moves `*pos` past the frame. Every walk (full or local) goes through here, so they
+    /// agree frame for frame.
+    fn next_frame(&self, wr: &mut WindowReader<'_>, pos: &mut u64) -> Result<Option<FrameRef>, ParseError> {
+        let len = wr.len();
+        // Each round returns or moves `*pos` forward (resync finds a start past it).
+        loop {
+            if pos.saturating_add(4) > len {
+                return Ok(None);
+            }
+            let head = wr.read(*pos, 4, FRAME)?;
             if let Some(h) = FrameHeader::parse(&head).filter(|h| h.compatible(&self.first)) {
-                let end = pos + h.len as u64;
+                let end = *pos + h.len as u64;
                 if end > len {
-                    break; // a cut-off last frame
+                    return Ok(None); // a cut-off last frame
                 }
-                frames.push(FrameRef { offset: pos, len: h.len });
-                pos = end;
-                continue;
+                let frame = FrameRef { offset: *pos, len: h.len };
+                *pos = end;
+                return Ok(Some(frame));
             }
             // Lost sync (garbage, a tag at the end): find two consecutive frames again.
-            match self.resync(&mut wr, pos + 1)? {
-                Some(next) => pos = next,
-                None => break,
+            match self.resync(wr, *pos + 1)? {
+                Some(next) => *pos = next,
+                None => return Ok(None),
             }
         }
-        Ok(frames)
     }
 
     fn resync(&self, wr: &mut WindowReader<'_>, from: u64) -> Result<Option<u64>, ParseError> {
@@ -351,17 +457,152 @@ impl Mp3Index {
         Ok(None)
     }
 
-    fn pts(&self, index: usize) -> MediaTime {
-        let ticks = (index as i64).saturating_mul(self.first.samples as i64);
-        MediaTime::from_ticks(ticks, self.first.sample_rate as u64).unwrap_or(MediaTime::MAX)
+    /// Whether the predicted frame `k` (and `k + 1`, when it fits in the file or
+    /// `need_successor`) has a header exactly where the layout puts it, of the predicted length.
+    fn verify(
+        &self,
+        wr: &mut WindowReader<'_>,
+        layout: &CbrLayout,
+        k: u64,
+        phase: u128,
+        need_successor: bool,
+    ) -> Result<bool, ParseError> {
+        let count = layout.frames_in(wr.len(), phase);
+        for i in [k, k.saturating_add(1)] {
+            if i >= count {
+                return Ok(i > k && !need_successor);
+            }
+            let (Some(start), Some(end)) = (layout.offset(i, phase), layout.offset(i + 1, phase)) else {
+                return Ok(false);
+            };
+            let head = wr.read_up_to(start, 4, FRAME)?;
+            match FrameHeader::parse(&head) {
+                Some(h)
+                    if h.compatible(&layout.header)
+                        && h.bitrate_kbps == layout.header.bitrate_kbps
+                        && u64::from(h.len) == end - start => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
-    fn keyframe(&self, index: usize, f: FrameRef) -> Keyframe {
+    /// Constant bitrate: the frame for index `n` (the last frame if the stream is shorter)
+    /// from one small read where the layout predicts it. `None` when the bytes there do not
+    /// confirm the layout; the caller walks instead.
+    fn seek_cbr(&self, src: &dyn RangeSource, n: u64) -> Result<Option<Keyframe>, ParseError> {
+        let Some(layout) = self.cbr else { return Ok(None) };
+        let mut wr = WindowReader::new(src, VERIFY_WINDOW);
+        for phase in layout.phases() {
+            let count = layout.frames_in(src.len(), phase);
+            if count < 2 {
+                continue;
+            }
+            // Near the end, anchor two frames back so the successor check has bytes to see,
+            // then walk (a few frames) to the real end of the stream.
+            let anchor = n.min(count - 2);
+            let Some(mut pos) = layout.offset(anchor, phase) else { continue };
+            if !self.verify(&mut wr, &layout, anchor, phase, true)? {
+                continue;
+            }
+            let mut found = None;
+            let mut index = anchor;
+            while let Some(f) = self.next_frame(&mut wr, &mut pos)? {
+                found = Some(self.keyframe(index, f));
+                if index >= n {
+                    break;
+                }
+                index += 1;
+            }
+            return Ok(found);
+        }
+        Ok(None)
+    }
+
+    /// Samples by walking forward from `from` without the table, when `from` is the start or a
+    /// constant-bitrate frame whose index (`from.sample`) the layout confirms.
+    fn samples_local(
+        &self,
+        src: &dyn RangeSource,
+        from: ReadPos,
+        max: usize,
+    ) -> Result<Option<SampleBatch>, ParseError> {
+        // Enough window for the batch and the next header, within the usual bounds.
+        let window = (max as u64)
+            .saturating_add(2)
+            .saturating_mul(u64::from(self.first.len) + 1)
+            .clamp(VERIFY_WINDOW, FRAME_WINDOW);
+        let mut wr = WindowReader::new(src, window);
+        let (mut index, mut pos) = if from.offset <= self.audio_start {
+            (0, self.audio_start)
+        } else {
+            let Some(layout) = self.cbr else { return Ok(None) };
+            let mut confirmed = false;
+            for phase in layout.phases() {
+                if layout.offset(from.sample, phase) == Some(from.offset)
+                    && self.verify(&mut wr, &layout, from.sample, phase, false)?
+                {
+                    confirmed = true;
+                    break;
+                }
+            }
+            if !confirmed {
+                return Ok(None);
+            }
+            (from.sample, from.offset)
+        };
+        let mut samples = Vec::new();
+        let mut next = None;
+        while let Some(f) = self.next_frame(&mut wr, &mut pos)? {
+            if samples.len() >= max {
+                next = Some(ReadPos { offset: f.offset, sample: index });
+                break;
+            }
+            samples.push(self.sample(index, f));
+            index = index.saturating_add(1);
+        }
+        Ok(Some(SampleBatch { samples, next }))
+    }
+
+    /// The last frame whose pts is not after `t` (0 before the start).
+    fn frame_at(&self, t: MediaTime) -> u64 {
+        let per_sec = 1_000_000_000 * i128::from(self.first.samples);
+        let exact = i128::from(t.as_nanos().max(0)) * i128::from(self.first.sample_rate) / per_sec;
+        let mut n = u64::try_from(exact).unwrap_or(u64::MAX);
+        // Frame times are rounded to the nanosecond, so `t` may sit just before a rounded pts
+        // or just after one: one step either way settles it.
+        if self.pts(n.saturating_add(1)) <= t {
+            n = n.saturating_add(1);
+        }
+        if n > 0 && self.pts(n) > t {
+            n -= 1;
+        }
+        n
+    }
+
+    fn pts(&self, index: u64) -> MediaTime {
+        let ticks = index.saturating_mul(u64::from(self.first.samples));
+        MediaTime::from_ticks(i64::try_from(ticks).unwrap_or(i64::MAX), self.first.sample_rate as u64)
+            .unwrap_or(MediaTime::MAX)
+    }
+
+    fn keyframe(&self, index: u64, f: FrameRef) -> Keyframe {
         Keyframe {
             pts: self.pts(index),
             offset: f.offset,
             size: f.len as u64,
-            pos: ReadPos { offset: f.offset, sample: 0 },
+            pos: ReadPos { offset: f.offset, sample: index },
+        }
+    }
+
+    fn sample(&self, index: u64, f: FrameRef) -> Sample {
+        Sample {
+            pts: self.pts(index),
+            dts: self.pts(index),
+            duration: self.pts(1),
+            offset: f.offset,
+            size: f.len as u64,
+            keyframe: true,
         }
     }
 }
@@ -372,39 +613,48 @@ impl ContainerIndex for Mp3Index {
     }
 
     fn keyframes(&self, src: &dyn RangeSource) -> Result<Vec<Keyframe>, ParseError> {
-        let table = self.table(src)?;
-        if table.is_empty() {
+        let table = self.table_until(src, |_| false)?;
+        if table.frames.is_empty() {
             return Err(ParseError::NoSamples);
         }
-        Ok(table.iter().enumerate().map(|(i, f)| self.keyframe(i, *f)).collect())
+        Ok(table.frames.iter().zip(0u64..).map(|(f, i)| self.keyframe(i, *f)).collect())
     }
 
     fn seek(&self, src: &dyn RangeSource, t: MediaTime) -> Result<Keyframe, ParseError> {
-        let table = self.table(src)?;
-        let ticks = t.to_ticks(self.first.sample_rate as u64).unwrap_or(i64::MAX).max(0);
-        let index = (ticks / self.first.samples as i64) as usize;
-        let index = index.min(table.len().saturating_sub(1));
-        let frame = table.get(index).ok_or(ParseError::NoSamples)?;
-        Ok(self.keyframe(index, *frame))
+        let n = self.frame_at(t);
+        let walked = {
+            let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.done || table.frames.len() as u64 > n
+        };
+        if !walked {
+            if let Some(k) = self.seek_cbr(src, n)? {
+                return Ok(k);
+            }
+        }
+        let table = self.table_until(src, |f| f.len() as u64 > n)?;
+        let index = usize::try_from(n).unwrap_or(usize::MAX).min(table.frames.len().saturating_sub(1));
+        let frame = table.frames.get(index).ok_or(ParseError::NoSamples)?;
+        Ok(self.keyframe(index as u64, *frame))
     }
 
     fn samples(&self, src: &dyn RangeSource, from: ReadPos, max: usize) -> Result<SampleBatch, ParseError> {
-        let table = self.table(src)?;
-        let start = table.partition_point(|f| f.offset < from.offset);
-        let end = start.saturating_add(max).min(table.len());
-        let duration = self.pts(1);
-        let samples = (start..end)
-            .filter_map(|i| table.get(i).map(|f| (i, f)))
-            .map(|(i, f)| Sample {
-                pts: self.pts(i),
-                dts: self.pts(i),
-                duration,
-                offset: f.offset,
-                size: f.len as u64,
-                keyframe: true,
-            })
-            .collect();
-        let next = table.get(end).map(|f| ReadPos { offset: f.offset, sample: 0 });
+        // Frames from `from` on, plus one to tell whether there is a next batch.
+        let covers = |f: &[FrameRef]| f.len() - f.partition_point(|x| x.offset < from.offset) > max;
+        let walked = {
+            let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            table.done || covers(&table.frames)
+        };
+        if !walked {
+            if let Some(batch) = self.samples_local(src, from, max)? {
+                return Ok(batch);
+            }
+        }
+        let table = self.table_until(src, covers)?;
+        let frames = &table.frames;
+        let start = frames.partition_point(|f| f.offset < from.offset);
+        let end = start.saturating_add(max).min(frames.len());
+        let samples = (start..end).filter_map(|i| frames.get(i).map(|f| self.sample(i as u64, *f))).collect();
+        let next = frames.get(end).map(|f| ReadPos { offset: f.offset, sample: end as u64 });
         Ok(SampleBatch { samples, next })
     }
 }
@@ -588,5 +838,112 @@ mod tests {
         assert_eq!(vbr.delay, Some((576, 16)));
         let index = Mp3Index::open(&Reader::new(&src, src.clone())).expect("opens");
         assert_eq!(index.info().duration, MediaTime::from_ticks(5 * 1152, 44_100));
+    }
+
+    /// A 128 kbps 44.1 kHz stream of `frames` frames padded as `phase` says (see
+    /// [`CbrLayout`]), optionally with `garbage` bytes before frame `at`, and an ID3v1 tag.
+    fn cbr_stream(frames: u64, phase: u64, garbage: Option<(u64, usize)>) -> Bytes {
+        let off = |n: u64| (n * 144 * 128_000 + phase) / 44_100;
+        let mut f = Vec::new();
+        for n in 0..frames {
+            if let Some((_, junk)) = garbage.filter(|g| g.0 == n) {
+                f.resize(f.len() + junk, 0x11);
+            }
+            let len = off(n + 1) - off(n);
+            let mut fr = frame(len == 418);
+            fr[4..12].copy_from_slice(&n.to_be_bytes());
+            assert_eq!(fr.len() as u64, len);
+            f.extend(fr);
+        }
+        f.extend(b"TAG");
+        f.resize(f.len() + 125, 0);
+        Bytes::from(f)
+    }
+
+    /// Seeks on fresh indexes through a counting source; returns the keyframes and what each
+    /// seek cost.
+    fn seeks(src: &Bytes, targets: &[MediaTime]) -> Vec<(Keyframe, crate::source::ReadCost)> {
+        targets
+            .iter()
+            .map(|&t| {
+                let index = TrackIndex::open("t", src).expect("opens");
+                let counted = crate::source::CountingSource::new(src);
+                let k = index.seek(&counted, t).expect("seek");
+                (k, counted.cost())
+            })
+            .collect()
+    }
+
+    fn expected(keyframes: &[Keyframe], t: MediaTime) -> Keyframe {
+        *keyframes.iter().rev().find(|k| k.pts <= t).unwrap_or(&keyframes[0])
+    }
+
+    #[test]
+    fn cbr_seek_reads_one_window_and_matches_the_walk() {
+        // LAME's phase for 128 kbps at 44.1 kHz, then a plain running floor.
+        for phase in [44_100 - 1 - (144 * 128_000) % 44_100, 0] {
+            let src = cbr_stream(3000, phase, None);
+            let keyframes = TrackIndex::open("t", &src).expect("opens").keyframes(&src).expect("walks");
+            assert_eq!(keyframes.len(), 3000);
+            let last = keyframes[2999].pts;
+            let targets: Vec<MediaTime> = [0, 1, 25_000, 40_000, 78_000]
+                .iter()
+                .map(|&ms| MediaTime::from_millis(ms))
+                .chain([last, last.saturating_add(MediaTime::from_secs(9)), MediaTime::MAX])
+                .chain([MediaTime::from_millis(-3)])
+                .collect();
+            for ((k, cost), t) in seeks(&src, &targets).into_iter().zip(&targets) {
+                assert_eq!(k, expected(&keyframes, *t), "phase {phase}, seek({t})");
+                assert!(cost.reads <= 2 && cost.bytes <= 2 * VERIFY_WINDOW, "phase {phase} {t}: {cost:?}");
+            }
+            // Frame times are rounded to the nanosecond: just before one is the frame before.
+            let index = TrackIndex::open("t", &src).expect("opens");
+            let just_before = keyframes[500].pts.saturating_sub(MediaTime::from_nanos(1));
+            assert_eq!(index.seek(&src, just_before).expect("seek"), keyframes[499]);
+            // Batches from a seek point need no table either, and agree with it.
+            let index = TrackIndex::open("t", &src).expect("opens");
+            let counted = crate::source::CountingSource::new(&src);
+            let k = index.seek(&counted, MediaTime::from_secs(60)).expect("seek");
+            let mut pos = Some(k.pos);
+            let mut got = Vec::new();
+            while let Some(at) = pos {
+                let batch = index.samples(&counted, at, 100).expect("samples");
+                got.extend(batch.samples.iter().map(|s| (s.pts, s.offset, s.size)));
+                pos = batch.next;
+            }
+            let want: Vec<_> = keyframes
+                .iter()
+                .skip_while(|x| x.offset < k.offset)
+                .map(|x| (x.pts, x.offset, x.size))
+                .collect();
+            assert_eq!(got, want);
+            assert!(counted.cost().bytes < src.len() as u64 / 2, "{:?}", counted.cost());
+        }
+    }
+
+    #[test]
+    fn cbr_layout_that_does_not_hold_falls_back_to_the_walk() {
+        let phase = 44_100 - 1 - (144 * 128_000) % 44_100;
+        // Garbage mid-file shifts every later frame off the layout.
+        let src = cbr_stream(2000, phase, Some((1000, 5)));
+        let keyframes = TrackIndex::open("t", &src).expect("opens").keyframes(&src).expect("walks");
+        assert_eq!(keyframes.len(), 2000);
+        let targets = [MediaTime::from_secs(10), MediaTime::from_secs(40), MediaTime::from_secs(999)];
+        for ((k, cost), t) in seeks(&src, &targets).into_iter().zip(&targets) {
+            assert_eq!(k, expected(&keyframes, *t), "seek({t})");
+            if *t > MediaTime::from_secs(30) {
+                assert!(cost.bytes >= src.len() as u64 / 2, "walked: {cost:?}");
+            }
+        }
+        // Samples from a position the layout does not confirm come from the table.
+        let index = TrackIndex::open("t", &src).expect("opens");
+        let batch = index.samples(&src, keyframes[1500].pos, 3).expect("samples");
+        assert_eq!(batch.samples[0].pts, keyframes[1500].pts);
+        assert_eq!(batch.next, Some(keyframes[1503].pos));
+        // A position with a wrong frame number is not trusted either.
+        let index = TrackIndex::open("t", &src).expect("opens");
+        let lie = ReadPos { offset: keyframes[10].offset, sample: 11 };
+        let batch = index.samples(&src, lie, 1).expect("samples");
+        assert_eq!(batch.samples[0].pts, keyframes[10].pts);
     }
 }
