@@ -409,14 +409,7 @@ impl<'a> Reader<'a> {
 
     /// Exactly `len` bytes at `offset`, or a typed error naming `element`.
     pub(crate) fn read(&self, offset: u64, len: u64, element: &'static str) -> Result<Bytes, ParseError> {
-        if len > MAX_METADATA_READ {
-            return Err(ParseError::TooLarge { element, offset, size: len, limit: MAX_METADATA_READ });
-        }
-        let end = self.src.len();
-        match offset.checked_add(len) {
-            Some(stop) if stop <= end => {}
-            _ => return Err(ParseError::Truncated { element, offset, needed: len, end }),
-        }
+        check_read(self.src.len(), offset, len, element)?;
         if offset + len <= self.head.len() as u64 {
             return Ok(self.head.slice(offset as usize..(offset + len) as usize));
         }
@@ -432,6 +425,18 @@ impl<'a> Reader<'a> {
     ) -> Result<Bytes, ParseError> {
         let available = self.src.len().saturating_sub(offset);
         self.read(offset, len.min(available), element)
+    }
+}
+
+/// Checks a parser's read of `len` bytes at `offset` from a source of `end` bytes: within the
+/// source and within [`MAX_METADATA_READ`]. Returns where the read stops.
+fn check_read(end: u64, offset: u64, len: u64, element: &'static str) -> Result<u64, ParseError> {
+    if len > MAX_METADATA_READ {
+        return Err(ParseError::TooLarge { element, offset, size: len, limit: MAX_METADATA_READ });
+    }
+    match offset.checked_add(len) {
+        Some(stop) if stop <= end => Ok(stop),
+        _ => Err(ParseError::Truncated { element, offset, needed: len, end }),
     }
 }
 
@@ -468,13 +473,7 @@ impl<'a> WindowReader<'a> {
     /// Exactly `len` bytes at `offset`, served from the current window when it holds them.
     pub(crate) fn read(&mut self, offset: u64, len: u64, element: &'static str) -> Result<Bytes, ParseError> {
         let end = self.src.len();
-        let stop = match offset.checked_add(len) {
-            Some(stop) if stop <= end => stop,
-            _ => return Err(ParseError::Truncated { element, offset, needed: len, end }),
-        };
-        if len > MAX_METADATA_READ {
-            return Err(ParseError::TooLarge { element, offset, size: len, limit: MAX_METADATA_READ });
-        }
+        let stop = check_read(end, offset, len, element)?;
         let buf_end = self.buf_start + self.buf.len() as u64;
         if offset >= self.buf_start && stop <= buf_end {
             let from = (offset - self.buf_start) as usize;
