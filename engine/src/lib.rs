@@ -9,8 +9,12 @@
 //!   per container format (`mp4`, `mkv`, `ogg`, `mp3`, `subtitles`). Parsers are synchronous and
 //!   free of I/O policy: they ask a `RangeSource` for the few ranges they need.
 //! - [`manifest`]: the `meeting.json` schema a recording folder carries.
-//! - [`net`]: the peer protocol (`stream.get`, `stream.read_range`) over iroh/QUIC with fastn
-//!   ID52 identities; `net::protocol` is the wire spec and knows nothing about media.
+//! - `net` (cargo feature `net`, on by default): the peer protocol (`stream.get`,
+//!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
+//!   spec and knows nothing about media. Without the feature the crate is the parsers alone
+//!   (what the fuzz targets build).
+
+#![forbid(unsafe_code)]
 
 pub mod index;
 pub mod manifest;
