@@ -4,6 +4,9 @@
 //!   its demuxers do before they can seek;
 //! - the whole file, what a client without an index strategy downloads.
 //!
+//! The same index is also opened from a peer over loopback QUIC (`RemoteTrack`): same bytes and
+//! reads as locally, each read one request.
+//!
 //! `cargo bench -p tandem-benches --bench open_index` (set `TANDEM_BENCH_MINUTES` for shorter).
 
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use tandem::index::TrackIndex;
 use tandem::manifest::Manifest;
+use tandem::net::{Client, FolderProvider, PeerAddr, RemoteTrack};
 use tandem::{FileSource, RangeSource};
 use tandem_benches::{bench_minutes, long_meeting, ms, quantile};
 use tandem_fixtures::Variant;
@@ -40,14 +44,35 @@ fn main() -> Result<()> {
     gst::init()?;
     let minutes = bench_minutes();
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("meetings");
+    let folders = [Variant::Standard, Variant::Webrtc]
+        .into_iter()
+        .map(|variant| long_meeting(&dir, variant, minutes))
+        .collect::<Result<Vec<_>>>()?;
+
+    // A loopback peer serving the same folders.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (server, client) = runtime.block_on(async {
+        let server = FolderProvider::new(&dir)?
+            .server_builder()
+            .bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
+            .spawn()
+            .await?;
+        let client = Client::builder().bind((std::net::Ipv4Addr::LOCALHOST, 0).into()).spawn().await?;
+        anyhow::Ok((server, client))
+    })?;
+    let addr =
+        server.bound_addrs().into_iter().find(std::net::SocketAddr::is_ipv4).context("an IPv4 address")?;
+    let peer = PeerAddr::new(server.id52(), Some(addr));
+
     println!("open_index: {minutes}-minute meetings, {RUNS} runs per track, median times");
     println!(
-        "{:<26} {:>10} {:>9} {:>6} {:>10} {:>10} {:>9} {:>9}",
-        "track", "file MB", "open KB", "reads", "ours ms", "gst ms", "time x", "bytes x"
+        "{:<28} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9}",
+        "track", "file MB", "open KB", "reads", "ours ms", "p2p ms", "gst ms", "time x", "bytes x"
     );
-    for variant in [Variant::Standard, Variant::Webrtc] {
-        let folder = long_meeting(&dir, variant, minutes)?;
-        let manifest = Manifest::load(&folder)?;
+    for folder in &folders {
+        let manifest = Manifest::load(folder)?;
+        let stream_name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stream = runtime.block_on(client.get(&peer, &stream_name))?;
         for track in &manifest.tracks {
             let path = folder.join(track.file());
             let src = FileSource::open(&path)?;
@@ -60,20 +85,40 @@ fn main() -> Result<()> {
                 cost = Some(index.open_cost());
             }
             let cost = cost.context("no runs")?;
+            let remote = RemoteTrack::new(client.clone(), peer.clone(), &stream, &track.name)?;
+            let name = track.name.clone();
+            let (p2p, p2p_cost) = runtime.block_on(runtime.spawn_blocking(move || {
+                let mut times = Vec::new();
+                let mut cost = None;
+                for _ in 0..RUNS.min(5) {
+                    let start = Instant::now();
+                    let index = TrackIndex::open(&name, &remote)?;
+                    times.push(start.elapsed());
+                    cost = Some(index.open_cost());
+                }
+                anyhow::Ok((times, cost))
+            }))??;
+            anyhow::ensure!(
+                p2p_cost == Some(cost),
+                "{}: remote open read {p2p_cost:?}, local {cost:?}",
+                track.name
+            );
             let mut theirs = Vec::new();
             for _ in 0..RUNS.min(5) {
                 theirs.push(gst_preroll(&path)?);
             }
-            let (ours_ms, gst_ms) = (ms(quantile(&ours, 0.5)), ms(quantile(&theirs, 0.5)));
-            let label = format!("{}/{}", manifest.name, track.name);
+            let (ours_ms, p2p_ms, gst_ms) =
+                (ms(quantile(&ours, 0.5)), ms(quantile(&p2p, 0.5)), ms(quantile(&theirs, 0.5)));
+            let label = format!("{}/{}", stream_name, track.name);
             let bytes_ratio = cost.bytes as f64 / src.len() as f64;
             println!(
-                "{:<26} {:>10.1} {:>9.1} {:>6} {:>10.2} {:>10.2} {:>9.3} {:>9.4}",
+                "{:<28} {:>9.1} {:>9.1} {:>6} {:>9.2} {:>9.2} {:>9.2} {:>8.3} {:>9.4}",
                 label,
                 src.len() as f64 / 1e6,
                 cost.bytes as f64 / 1e3,
                 cost.reads,
                 ours_ms,
+                p2p_ms,
                 gst_ms,
                 ours_ms / gst_ms,
                 bytes_ratio
@@ -83,11 +128,13 @@ fn main() -> Result<()> {
                 serde_json::json!({
                     "bench": "open_index", "track": label, "file_bytes": src.len(),
                     "open_bytes": cost.bytes, "open_reads": cost.reads,
-                    "ours_ms": ours_ms, "gst_preroll_ms": gst_ms,
-                    "time_ratio_vs_gst": ours_ms / gst_ms, "bytes_ratio_vs_whole_file": bytes_ratio,
+                    "ours_ms": ours_ms, "p2p_loopback_ms": p2p_ms, "gst_preroll_ms": gst_ms,
+                    "time_ratio_vs_gst": ours_ms / gst_ms, "p2p_time_ratio_vs_gst": p2p_ms / gst_ms,
+                    "bytes_ratio_vs_whole_file": bytes_ratio,
                 })
             );
         }
     }
+    runtime.block_on(server.shutdown());
     Ok(())
 }

@@ -57,7 +57,17 @@ impl SubtitleIndex {
                 limit: MAX_CAPTION_FILE,
             });
         }
-        let data = reader.read(0, len, "caption file")?;
+        // The head read for detection is the file's start: fetch only the rest.
+        let head = reader.head();
+        let data = if len <= head.len() as u64 {
+            head.slice(..len as usize)
+        } else {
+            let rest = reader.read(head.len() as u64, len - head.len() as u64, "caption file")?;
+            let mut all = bytes::BytesMut::with_capacity(head.len() + rest.len());
+            all.extend_from_slice(head);
+            all.extend_from_slice(&rest);
+            all.freeze()
+        };
         let webvtt = is_webvtt(&data);
         let mut cues = parse_cues(&data, if webvtt { '.' } else { ',' }, webvtt)?;
         cues.sort_by_key(|c| (c.start, c.offset));
