@@ -657,9 +657,9 @@ impl ContainerIndex for Mp4Index {
                     Some(ReadPos { offset: 0, sample: next as u64 })
                 } else {
                     match &self.fragments {
-                        Some(f) => self
-                            .fragment_offsets_from(src, f, None)?
-                            .map(|moof| ReadPos { offset: moof, sample: 0 }),
+                        Some(f) => {
+                            self.next_fragment(src, f, None)?.map(|moof| ReadPos { offset: moof, sample: 0 })
+                        }
                         None => None,
                     }
                 };
@@ -679,8 +679,7 @@ impl ContainerIndex for Mp4Index {
                 pos = if next < samples.len() {
                     Some(ReadPos { offset: at.offset, sample: next as u64 })
                 } else {
-                    self.fragment_offsets_from(src, fragments, Some(moof))?
-                        .map(|m| ReadPos { offset: m, sample: 0 })
+                    self.next_fragment(src, fragments, Some(moof))?.map(|m| ReadPos { offset: m, sample: 0 })
                 };
             }
         }
@@ -690,7 +689,7 @@ impl ContainerIndex for Mp4Index {
 
 impl Mp4Index {
     /// The first fragment after `current` (or the first fragment at all).
-    fn fragment_offsets_from(
+    fn next_fragment(
         &self,
         src: &dyn RangeSource,
         fragments: &Fragments,
@@ -704,18 +703,15 @@ impl Mp4Index {
             Some(moof) => self.next_moof(src, moof),
             None => {
                 let reader = Reader::new(src, Bytes::new());
-                let head = reader.read_up_to(fragments.after_moov, 16, "box header");
-                match head {
-                    Ok(h) if h.len() >= 8 => {
-                        let header = parse_box_header(&h, fragments.after_moov, src.len())?;
-                        if header.is(b"moof") {
-                            Ok(Some(header.offset))
-                        } else {
-                            let pseudo = BoxHeader { size: header.size, ..header };
-                            self.next_moof(src, pseudo)
-                        }
-                    }
-                    _ => Ok(None),
+                let head = reader.read_up_to(fragments.after_moov, 16, "box header")?;
+                if head.len() < 8 {
+                    return Ok(None);
+                }
+                let header = parse_box_header(&head, fragments.after_moov, src.len())?;
+                if header.is(b"moof") {
+                    Ok(Some(header.offset))
+                } else {
+                    self.next_moof(src, header)
                 }
             }
         }
