@@ -1098,16 +1098,14 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                 }
             }
             b"ctts" => {
-                let (version, _) = c.full_box()?;
+                // Version 0 is unsigned by the letter of the spec, but writers put negative
+                // offsets there too; reading both versions signed is what players do.
+                c.full_box()?;
                 let n = c.count(8)?;
                 cts.reserve_exact(n);
                 for _ in 0..n {
                     let count = c.u32()?;
-                    let raw = c.u32()?;
-                    // Version 0 is unsigned by the letter of the spec, but writers put
-                    // negative offsets there too; reading it signed is what players do.
-                    let _ = version;
-                    cts.push((count, raw as i32));
+                    cts.push((count, c.u32()? as i32));
                 }
             }
             b"stss" => {
