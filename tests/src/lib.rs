@@ -156,3 +156,20 @@ pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
         open_reads: cost.reads,
     })
 }
+
+/// Runs `gst-launch-1.0 <pipeline> ! filesink location=<output>`, failing with its stderr.
+/// The pipeline text is split on whitespace; the output path is passed whole, so paths with
+/// spaces work.
+pub fn gst_launch(pipeline: &str, output: &Path) -> Result<()> {
+    let location = format!("location={}", output.display());
+    let out = Command::new("gst-launch-1.0")
+        .arg("-q")
+        .args(pipeline.split_whitespace())
+        .args(["!", "filesink", &location])
+        .output()
+        .context("gst-launch-1.0 is required for this test: run scripts/install-deps.sh")?;
+    if !out.status.success() {
+        bail!("gst-launch-1.0 {pipeline} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tandem::index::{Codec, Container, Keyframe, TrackIndex};
 use tandem::source::CountingSource;
 use tandem::{FileSource, MediaTime};
-use tandem_tests::{check_against_ffprobe, ffmpeg};
+use tandem_tests::{check_against_ffprobe, ffmpeg, gst_launch};
 
 const HEAD: u64 = 4096;
 
@@ -187,16 +187,10 @@ fn opus_and_vorbis_webm_match_ffprobe() -> Result<()> {
 fn live_webm_from_gstreamer_unknown_sizes_no_cues() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("live.webm");
-    let location = format!("location={}", path.to_str().context("utf-8 path")?);
-    let out = Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", "num-buffers=240", "!", "vp8enc", "keyframe-max-dist=60", "!"])
-        .args(["webmmux", "streamable=true", "!", "filesink", &location])
-        .output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => bail!("gst-launch-1.0 is required for this test: {e}"),
-    };
-    ensure!(out.status.success(), "gst-launch: {}", String::from_utf8_lossy(&out.stderr));
+    gst_launch(
+        "videotestsrc num-buffers=240 ! vp8enc keyframe-max-dist=60 ! webmmux streamable=true",
+        &path,
+    )?;
     let report = check_against_ffprobe(&path)?;
     assert_eq!(report.ours, 4);
     let src = FileSource::open(&path)?;
@@ -271,16 +265,10 @@ fn check_seek(index: &TrackIndex, src: &FileSource, vp8: bool) -> Result<()> {
 fn gstreamer_webm_with_cues_matches_ffprobe() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("gst.webm");
-    let location = format!("location={}", path.to_str().context("utf-8 path")?);
-    let out = Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", "num-buffers=240", "!", "video/x-raw,framerate=30/1", "!"])
-        .args(["vp8enc", "keyframe-max-dist=30", "!", "webmmux", "!", "filesink", &location])
-        .output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => bail!("gst-launch-1.0 is required for this test: {e}"),
-    };
-    ensure!(out.status.success(), "gst-launch: {}", String::from_utf8_lossy(&out.stderr));
+    gst_launch(
+        "videotestsrc num-buffers=240 ! video/x-raw,framerate=30/1 ! vp8enc keyframe-max-dist=30 ! webmmux",
+        &path,
+    )?;
     assert_cheap_open(&path)?;
     let src = FileSource::open(&path)?;
     let index = TrackIndex::open("gst", &src)?;
@@ -381,20 +369,9 @@ fn check_bisection_equals_walk(index: &TrackIndex, src: &FileSource) -> Result<(
 fn long_live_webm_seeks_by_bisection() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("long.webm");
-    let location = format!("location={}", path.to_str().context("utf-8 path")?);
     // videotestsrc -> vp8enc (keyframe every 5 s, 256 kbps) -> webmmux streamable (no Cues, no
     // Duration, unknown sizes) -> file
-    let out = Command::new("gst-launch-1.0")
-        .args(["-q", "videotestsrc", "num-buffers=3000", "!"])
-        .args(["video/x-raw,width=320,height=240,framerate=25/1", "!"])
-        .args(["vp8enc", "keyframe-max-dist=125", "target-bitrate=256000", "deadline=1", "!"])
-        .args(["webmmux", "streamable=true", "!", "filesink", &location])
-        .output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) => bail!("gst-launch-1.0 is required for this test: {e}"),
-    };
-    ensure!(out.status.success(), "gst-launch: {}", String::from_utf8_lossy(&out.stderr));
+    gst_launch("videotestsrc num-buffers=3000 ! video/x-raw,width=320,height=240,framerate=25/1 ! vp8enc keyframe-max-dist=125 target-bitrate=256000 deadline=1 ! webmmux streamable=true", &path)?;
     let file_len = std::fs::metadata(&path)?.len();
     let src = FileSource::open(&path)?;
     let index = TrackIndex::open("long", &src)?;

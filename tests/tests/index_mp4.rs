@@ -2,20 +2,10 @@
 //! start and at the end, fragmented with and without sidx, audio only.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use tandem::index::{Container, TrackIndex};
 use tandem::{FileSource, MediaTime, RangeSource};
-use tandem_tests::{check_against_ffprobe, ffmpeg};
-
-fn gst(pipeline: &str) {
-    let status = Command::new("gst-launch-1.0")
-        .arg("-q")
-        .args(pipeline.split_whitespace())
-        .status()
-        .expect("gst-launch-1.0 is required: run scripts/install-deps.sh");
-    assert!(status.success(), "gst-launch-1.0 {pipeline} failed");
-}
+use tandem_tests::{check_against_ffprobe, ffmpeg, gst_launch};
 
 struct Files {
     root: PathBuf,
@@ -73,14 +63,8 @@ fn create_files() -> Files {
     ])
     .expect("fragmented with sidx");
     ffmpeg(&["-i", &p("end.mp4"), "-vn", "-c", "copy", &p("audio.m4a")]).expect("audio only");
-    gst(&format!(
-        "videotestsrc num-buffers=300 ! video/x-raw,framerate=30/1,width=320,height=240 ! x264enc key-int-max=45 bframes=2 ! mp4mux ! filesink location={}",
-        p("gst.mp4")
-    ));
-    gst(&format!(
-        "videotestsrc num-buffers=300 ! video/x-raw,framerate=30/1,width=320,height=240 ! x264enc key-int-max=45 bframes=2 ! mp4mux fragment-duration=1000 ! filesink location={}",
-        p("gstfrag.mp4")
-    ));
+    gst_launch("videotestsrc num-buffers=300 ! video/x-raw,framerate=30/1,width=320,height=240 ! x264enc key-int-max=45 bframes=2 ! mp4mux", &root.join("gst.mp4")).expect("gst-launch");
+    gst_launch("videotestsrc num-buffers=300 ! video/x-raw,framerate=30/1,width=320,height=240 ! x264enc key-int-max=45 bframes=2 ! mp4mux fragment-duration=1000", &root.join("gstfrag.mp4")).expect("gst-launch");
     Files { root }
 }
 

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use tandem::index::{Codec, TrackIndex};
 use tandem::source::CountingSource;
 use tandem::{FileSource, MediaTime, RangeSource};
-use tandem_tests::{check_against_ffprobe, ffmpeg, ffprobe_packets};
+use tandem_tests::{check_against_ffprobe, ffmpeg, ffprobe_packets, gst_launch};
 
 fn ffprobe_duration(path: &Path) -> Result<f64> {
     let out = Command::new("ffprobe")
@@ -18,18 +18,6 @@ fn ffprobe_duration(path: &Path) -> Result<f64> {
         .context("ffprobe is required")?;
     ensure!(out.status.success(), "ffprobe failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().parse().context("ffprobe duration")
-}
-
-fn gst(pipeline: &str) -> Result<()> {
-    let out = Command::new("gst-launch-1.0")
-        .args(["-q"])
-        .args(pipeline.split_whitespace())
-        .output()
-        .context("gst-launch-1.0 is required")?;
-    if !out.status.success() {
-        bail!("gst-launch-1.0 {pipeline} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }
 
 fn lavfi_sine(seconds: u32) -> String {
@@ -169,16 +157,10 @@ fn ffmpeg_opus_and_sample_data() -> Result<()> {
 fn gstreamer_vorbis_and_opus() -> Result<()> {
     let dir = tmp()?;
     let v = out(&dir, "g.ogg");
-    gst(&format!(
-        "audiotestsrc num-buffers=1500 ! audioconvert ! vorbisenc ! oggmux ! filesink location={}",
-        s(&v)
-    ))?;
+    gst_launch("audiotestsrc num-buffers=1500 ! audioconvert ! vorbisenc ! oggmux", &v)?;
     check_file(&v, Codec::Vorbis, 12)?;
     let o = out(&dir, "g.opus");
-    gst(&format!(
-        "audiotestsrc num-buffers=1500 ! audioconvert ! audioresample ! opusenc ! oggmux ! filesink location={}",
-        s(&o)
-    ))?;
+    gst_launch("audiotestsrc num-buffers=1500 ! audioconvert ! audioresample ! opusenc ! oggmux", &o)?;
     check_file(&o, Codec::Opus, 12)?;
     Ok(())
 }
@@ -248,16 +230,13 @@ fn ffmpeg_mp3_vbr_and_cbr() -> Result<()> {
 fn gstreamer_mp3() -> Result<()> {
     let dir = tmp()?;
     let x = out(&dir, "g.mp3");
-    gst(&format!(
-        "audiotestsrc num-buffers=1500 ! audioconvert ! lamemp3enc target=quality quality=4 ! xingmux ! id3v2mux ! filesink location={}",
-        s(&x)
-    ))?;
+    gst_launch("audiotestsrc num-buffers=1500 ! audioconvert ! lamemp3enc target=quality quality=4 ! xingmux ! id3v2mux", &x)?;
     check_file(&x, Codec::Mp3, 30)?;
     let c = out(&dir, "gc.mp3");
-    gst(&format!(
-        "audiotestsrc num-buffers=25900 ! audioconvert ! lamemp3enc target=bitrate bitrate=96 cbr=true ! filesink location={}",
-        s(&c)
-    ))?;
+    gst_launch(
+        "audiotestsrc num-buffers=25900 ! audioconvert ! lamemp3enc target=bitrate bitrate=96 cbr=true",
+        &c,
+    )?;
     check_file(&c, Codec::Mp3, 30)?;
     check_cheap_late_seek(&c)?;
     Ok(())
