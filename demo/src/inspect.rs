@@ -1,5 +1,6 @@
 //! `index`, `seek-range` and (until the player lands) `play`: what the indexes say about local
-//! files and meeting folders.
+//! files, a peer's tracks and meeting folders. The same index code reads both through
+//! `RangeSource`.
 
 use std::path::Path;
 
@@ -7,7 +8,10 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::json;
 use tandem::index::TrackIndex;
 use tandem::manifest::Manifest;
-use tandem::{FileSource, MediaTime};
+use tandem::net::RemoteTrack;
+use tandem::{FileSource, MediaTime, RangeSource};
+
+use crate::peer::{self, DialArgs};
 
 fn open(file: &Path) -> Result<(FileSource, TrackIndex)> {
     let src = FileSource::open(file).with_context(|| format!("cannot open {}", file.display()))?;
@@ -16,14 +20,46 @@ fn open(file: &Path) -> Result<(FileSource, TrackIndex)> {
     Ok((src, index))
 }
 
+/// A local file or a peer's track, whichever `target` names.
+enum Target {
+    Local(FileSource),
+    /// The runtime carries the remote reads; declared after the track so it is dropped last.
+    Remote {
+        track: RemoteTrack,
+        _runtime: tokio::runtime::Runtime,
+    },
+}
+
+impl Target {
+    fn open(target: &str, dial: &DialArgs) -> Result<(Target, String)> {
+        let path = Path::new(target);
+        if path.exists() || target.matches('/').count() != 2 {
+            let src = FileSource::open(path).with_context(|| format!("cannot open {target}"))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            return Ok((Target::Local(src), name));
+        }
+        let (runtime, remote) = peer::open_remote_track(target, dial)?;
+        Ok((Target::Remote { track: remote, _runtime: runtime }, target.to_string()))
+    }
+
+    fn source(&self) -> &dyn RangeSource {
+        match self {
+            Target::Local(src) => src,
+            Target::Remote { track, .. } => track,
+        }
+    }
+}
+
 fn millis(t: MediaTime) -> f64 {
     t.as_nanos() as f64 / 1e6
 }
 
 /// Prints one JSON line per keyframe, then a summary line.
-pub fn index(file: &Path) -> Result<()> {
-    let (src, index) = open(file)?;
-    let keyframes = index.keyframes(&src)?;
+pub fn index(target: &str, dial: &DialArgs) -> Result<()> {
+    let (target, name) = Target::open(target, dial)?;
+    let src = target.source();
+    let index = TrackIndex::open(&name, src)?;
+    let keyframes = index.keyframes(src)?;
     for k in &keyframes {
         println!("{}", json!({ "pts_ms": millis(k.pts), "offset": k.offset, "size": k.size }));
     }
@@ -49,11 +85,13 @@ fn summary(index: &TrackIndex, keyframes: usize) -> serde_json::Value {
 }
 
 /// Prints the keyframe at or before `at` and the byte range needed to show that time.
-pub fn seek_range(file: &Path, at: &str) -> Result<()> {
+pub fn seek_range(target: &str, at: &str, dial: &DialArgs) -> Result<()> {
     let t = MediaTime::parse(at)
         .ok_or_else(|| anyhow!("cannot read {at:?} as a time (try 90, 1:30.5 or 1500ms)"))?;
-    let (src, index) = open(file)?;
-    let (keyframe, range) = index.range_to_show(&src, t)?;
+    let (target, name) = Target::open(target, dial)?;
+    let src = target.source();
+    let index = TrackIndex::open(&name, src)?;
+    let (keyframe, range) = index.range_to_show(src, t)?;
     println!(
         "{}",
         json!({
@@ -102,5 +140,5 @@ pub fn play(meeting: &Path) -> Result<()> {
 }
 
 fn src_len(src: &FileSource) -> u64 {
-    tandem::RangeSource::len(src)
+    src.len()
 }

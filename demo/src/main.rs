@@ -24,13 +24,21 @@ enum Command {
         meeting: PathBuf,
     },
     /// Print one JSON line per keyframe of a media file, then a summary line.
-    Index { file: PathBuf },
+    Index {
+        /// A local file, or a peer's track: <id52>/<meeting>/<track>.
+        target: String,
+        #[command(flatten)]
+        dial: peer::DialArgs,
+    },
     /// Print the keyframe at or before a time and the byte range needed to show it.
     SeekRange {
-        file: PathBuf,
+        /// A local file, or a peer's track: <id52>/<meeting>/<track>.
+        target: String,
         /// Media time: 90, 1:30.5, 1500ms.
         #[arg(long)]
         at: String,
+        #[command(flatten)]
+        dial: peer::DialArgs,
     },
     /// Serve a folder of meetings to peers.
     Serve(peer::ServeArgs),
@@ -44,8 +52,8 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Play { meeting } => inspect::play(&meeting),
-        Command::Index { file } => inspect::index(&file),
-        Command::SeekRange { file, at } => inspect::seek_range(&file, &at),
+        Command::Index { target, dial } => inspect::index(&target, &dial),
+        Command::SeekRange { target, at, dial } => inspect::seek_range(&target, &at, &dial),
         Command::Serve(args) => peer::serve(args),
         Command::Info(args) => peer::info(args),
         Command::Fetch(args) => peer::fetch(args),

@@ -157,6 +157,23 @@ async fn dial(dial: &DialArgs, id52: &str) -> Result<(Client, PeerAddr)> {
     Ok((client, peer))
 }
 
+/// A remote track as a [`tandem::RangeSource`], for commands that index over the network. The
+/// runtime must outlive the track: its reads run there while the calling thread waits.
+pub fn open_remote_track(
+    target: &str,
+    dial_args: &DialArgs,
+) -> Result<(tokio::runtime::Runtime, RemoteTrack)> {
+    let (id52, meeting, track) = parse_target(target, true)?;
+    let track = track.unwrap_or_default();
+    let rt = runtime()?;
+    let remote = rt.block_on(async {
+        let (client, peer) = dial(dial_args, &id52).await?;
+        let stream = client.get(&peer, &meeting).await.with_context(|| format!("stream.get {meeting}"))?;
+        anyhow::Ok(RemoteTrack::new(client, peer, &stream, &track)?)
+    })?;
+    Ok((rt, remote))
+}
+
 pub fn info(args: InfoArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let (id52, meeting, _) = parse_target(&args.target, false)?;
