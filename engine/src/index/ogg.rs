@@ -64,8 +64,9 @@ const MAX_PAGE: u64 = 27 + 255 + 255 * 255;
 const WALK_WINDOW: u64 = 256 * 1024;
 /// Window read at each bisection step, and how far back a mid-stream walk starts.
 const SEEK_WINDOW: u64 = 64 * 1024;
-/// How much of the end is read to find the last granule.
-const TAIL_READ: u64 = 64 * 1024;
+/// How much of the end is read to find the last granule: a small read that holds the last page
+/// of a typical stream (pages of a few KiB), then one that holds the largest possible page.
+const TAIL_READS: [u64; 2] = [16 * 1024, MAX_PAGE + 4];
 /// How far into the file the header packets may reach.
 const MAX_HEADER_BYTES: u64 = 16 * 1024 * 1024;
 /// Read granularity while collecting header pages past the head.
@@ -587,17 +588,16 @@ impl OggIndex {
             vorbis,
         };
         // The last granule of our stream gives the duration.
-        let tail_start = len.saturating_sub(TAIL_READ).max(data_start);
-        let tail = reader.read_up_to(tail_start, len - tail_start.min(len), PAGE)?;
-        let mut end = tail.len();
-        while let Some(at) = tail.get(..end).and_then(|b| b.windows(4).rposition(|w| w == b"OggS")) {
-            if let Ok(page) = parse_page(&tail, at, tail_start + at as u64) {
-                if page.serial == serial && page.granule >= 0 {
-                    index.info.duration = MediaTime::from_ticks(page.granule.saturating_sub(pre_skip), rate);
-                    break;
-                }
+        for tail_read in TAIL_READS {
+            let tail_start = len.saturating_sub(tail_read).max(data_start);
+            let tail = reader.read_up_to(tail_start, len - tail_start.min(len), PAGE)?;
+            if let Some(granule) = last_granule(&tail, tail_start, serial) {
+                index.info.duration = MediaTime::from_ticks(granule.saturating_sub(pre_skip), rate);
+                break;
             }
-            end = at + 3;
+            if tail_start == data_start {
+                break;
+            }
         }
         Ok(index)
     }
@@ -949,6 +949,21 @@ impl ContainerIndex for OggIndex {
     }
 }
 
+/// The granule of the last complete page of stream `serial` in `tail` (which starts at file
+/// offset `tail_start`), scanning backwards.
+fn last_granule(tail: &Bytes, tail_start: u64, serial: u32) -> Option<i64> {
+    let mut end = tail.len();
+    while let Some(at) = tail.get(..end).and_then(|b| b.windows(4).rposition(|w| w == b"OggS")) {
+        if let Ok(page) = parse_page(tail, at, tail_start + at as u64) {
+            if page.serial == serial && page.granule >= 0 {
+                return Some(page.granule);
+            }
+        }
+        end = at + 3;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1055,6 +1070,19 @@ mod tests {
         // Resuming mid-page continues where the batch stopped.
         let next = index.samples(&src, batch.next.expect("more"), 1).expect("samples");
         assert_eq!(next.samples[0].pts.as_nanos() - batch.samples[6].pts.as_nanos(), 20_000_000);
+    }
+
+    #[test]
+    fn duration_from_a_last_page_larger_than_the_first_tail_read() {
+        // Many small pages, then a last page of ~25 KiB: the 16 KiB tail read holds no whole
+        // page of ours, so the second, page-sized read finds it.
+        let mut f = opus_file(20, 5, 0);
+        let big = vec![0xF8u8; 255 * 100 - 1];
+        f.extend(page(4, 100 * 960 + 960, 7, 22, &[(&big, true)]));
+        let (_, index) = open(f);
+        let index = index.expect("opens");
+        assert_eq!(index.info().duration, MediaTime::from_ticks(101 * 960, 48_000));
+        assert_eq!(index.open_cost().reads, 3, "head, small tail, page-sized tail");
     }
 
     #[test]
