@@ -102,6 +102,12 @@ pub struct OracleReport {
 ///   ffprobe's packets (within 1 ms), and at least one exists;
 /// - every keyframe's byte range covers the position ffprobe reports for that packet.
 pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
+    check_against_ffprobe_shifted(path, 0.0)
+}
+
+/// [`check_against_ffprobe`] for a file where ffmpeg's times differ from the ISO/Matroska
+/// rule by a known constant: ffprobe's time = ours + `ffmpeg_shift_ms`.
+pub fn check_against_ffprobe_shifted(path: &Path, ffmpeg_shift_ms: f64) -> Result<OracleReport> {
     let src = FileSource::open(path).with_context(|| format!("opening {}", path.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let index = TrackIndex::open(&name, &src)?;
@@ -122,7 +128,7 @@ pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
         );
     }
     for keyframe in &ours {
-        let ms = keyframe.pts.as_nanos() as f64 / 1e6;
+        let ms = keyframe.pts.as_nanos() as f64 / 1e6 + ffmpeg_shift_ms;
         let matched = theirs.iter().find(|p| (p.pts_ms.unwrap_or(f64::NAN) - ms).abs() <= 1.0);
         let Some(packet) = matched else {
             bail!("{name}: our keyframe at {ms:.3} ms is not an ffprobe keyframe");
