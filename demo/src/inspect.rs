@@ -60,11 +60,24 @@ pub fn index(target: &str, dial: &DialArgs) -> Result<()> {
     let src = target.source();
     let index = TrackIndex::open(&name, src)?;
     let keyframes = index.keyframes(src)?;
+    let mut out = std::io::stdout().lock();
     for k in &keyframes {
-        println!("{}", json!({ "pts_ms": millis(k.pts), "offset": k.offset, "size": k.size }));
+        let line = json!({ "pts_ms": millis(k.pts), "offset": k.offset, "size": k.size });
+        if !emit(&mut out, &line)? {
+            return Ok(());
+        }
     }
-    println!("{}", summary(&index, keyframes.len()));
+    emit(&mut out, &summary(&index, keyframes.len()))?;
     Ok(())
+}
+
+/// Writes one line; `false` when the reader has gone (`| head`), which ends the listing quietly.
+fn emit(out: &mut impl std::io::Write, line: &impl std::fmt::Display) -> Result<bool> {
+    match writeln!(out, "{line}") {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn summary(index: &TrackIndex, keyframes: usize) -> serde_json::Value {

@@ -93,18 +93,21 @@ fn mp4_layouts_from_other_muxer_options() {
 
 #[test]
 fn mp3_behind_a_large_id3_tag() {
-    // 64 KiB of cover art pushes the first frame far past the 4 KiB head.
+    // A noisy cover picture (hundreds of KiB) pushes the first frame far past the 4 KiB head.
     let art = dir().join("cover.png");
     ffmpeg(&[
         "-f",
         "lavfi",
         "-i",
-        "testsrc=size=320x240:duration=0.04",
+        "testsrc2=size=640x480:duration=0.04",
+        "-vf",
+        "noise=alls=100:allf=t",
         "-frames:v",
         "1",
         &art.to_string_lossy(),
     ])
     .expect("cover art");
+    assert!(std::fs::metadata(&art).expect("cover").len() > 64 * 1024, "cover art too small to matter");
     let art = art.to_string_lossy().into_owned();
     check(
         "tagged.mp3",
