@@ -13,6 +13,9 @@
 //!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
 //!   spec and knows nothing about media. Without the feature the crate is the parsers alone
 //!   (what the fuzz targets build).
+//! - `player` (cargo feature `player`, on by default): one meeting clock over subscribed
+//!   tracks, fetchers that pull byte ranges while buffers are below target, and one GStreamer
+//!   pipeline fed by `appsrc` with exact timestamps; see [`player`] for its own layout.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +23,8 @@ pub mod index;
 pub mod manifest;
 #[cfg(feature = "net")]
 pub mod net;
+#[cfg(feature = "player")]
+pub mod player;
 pub mod source;
 pub mod time;
 

@@ -4,6 +4,8 @@
 //! These helpers fail loudly when a tool is missing: a test that needs ffprobe must not pass
 //! by skipping.
 
+pub mod player;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -222,6 +222,12 @@ pub(crate) trait ContainerIndex: Send + Sync + fmt::Debug {
     /// Up to `max` samples in decode order starting at `from`.
     fn samples(&self, src: &dyn RangeSource, from: ReadPos, max: usize) -> Result<SampleBatch, ParseError>;
 
+    /// Samples the encoder put before the first real one (MP3's LAME delay), for decoders
+    /// that do not learn it from the stream.
+    fn encoder_delay(&self) -> Option<u64> {
+        None
+    }
+
     /// The bytes of one sample as its decoder wants them.
     fn sample_data(&self, src: &dyn RangeSource, sample: &Sample) -> Result<Bytes, ParseError> {
         Ok(src.read_range(sample.offset, sample.size)?)
@@ -266,6 +272,11 @@ impl TrackIndex {
 
     pub fn info(&self) -> &TrackInfo {
         self.inner.info()
+    }
+
+    /// Samples of encoder delay to trim at the start of decoded audio (MP3's LAME tag).
+    pub fn encoder_delay(&self) -> Option<u64> {
+        self.inner.encoder_delay()
     }
 
     /// Bytes and reads used to open the index.

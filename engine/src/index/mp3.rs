@@ -301,6 +301,8 @@ pub(crate) struct Mp3Index {
     /// The frame table, walked lazily and only as far as a call needs. Held across the reads
     /// that extend it, so two threads never walk the same bytes.
     table: Mutex<Prefix>,
+    /// Encoder delay from the LAME tag, in samples: what a decoder trims at the start.
+    encoder_delay: Option<u64>,
 }
 
 impl Mp3Index {
@@ -349,6 +351,7 @@ impl Mp3Index {
         let audio_start = if vbr.is_some() { first_offset + first.len as u64 } else { first_offset };
         let audio_at = if vbr.is_some() { i + first.len as usize } else { i };
         let claims_cbr = vbr.as_ref().is_none_or(|v| v.info);
+        let encoder_delay = vbr.as_ref().and_then(|v| v.delay).map(|(delay, _)| delay as u64);
         let cbr = buf
             .get(audio_at..)
             .and_then(FrameHeader::parse)
@@ -384,6 +387,7 @@ impl Mp3Index {
             audio_start,
             cbr,
             table: Mutex::new(Prefix { frames: Vec::new(), next: audio_start, done: false }),
+            encoder_delay,
         })
     }
 
@@ -610,6 +614,10 @@ impl Mp3Index {
 impl ContainerIndex for Mp3Index {
     fn info(&self) -> &TrackInfo {
         &self.info
+    }
+
+    fn encoder_delay(&self) -> Option<u64> {
+        self.encoder_delay
     }
 
     fn keyframes(&self, src: &dyn RangeSource) -> Result<Vec<Keyframe>, ParseError> {

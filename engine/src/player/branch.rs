@@ -1,0 +1,398 @@
+//! One track's branch of the pipeline, and how it is built, joined and removed.
+//!
+//! ```text
+//! video:  appsrc (coded, exact PTS/DTS) ! decoder ! videoconvert ! sink
+//! audio:  appsrc (PCM from symphonia | Opus) [! opusdec] ! audioconvert ! audioresample
+//!           ! scaletempo (pitch kept at other rates) ! audioconvert ! audioresample ! sink
+//! ```
+//!
+//! Every branch ends in its own clock-synced sink (an `appsink` for callbacks and headless
+//! runs, an `autovideosink`/`autoaudiosink` for a window), so no aggregator ever waits for a
+//! track that has nothing to show and a track can join or leave without touching the others.
+
+use std::sync::Arc;
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use gstreamer_audio as gst_audio;
+use gstreamer_video as gst_video;
+
+use super::feeder::{clock_time, Gate};
+use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
+use super::PlayerError;
+use crate::index::{Codec, TrackInfo};
+use crate::manifest::TrackKind;
+use crate::time::MediaTime;
+
+/// The elements of one branch, in order from the appsrc to the sink.
+#[derive(Debug)]
+pub(crate) struct Branch {
+    pub(crate) appsrc: gst_app::AppSrc,
+    pub(crate) elements: Vec<gst::Element>,
+}
+
+fn make(factory: &str, name: String) -> Result<gst::Element, PlayerError> {
+    gst::ElementFactory::make(factory).name(name).build().map_err(|_| {
+        PlayerError::Gst(format!("GStreamer element {factory:?} is missing: run scripts/install-deps.sh"))
+    })
+}
+
+/// The first of `factories` that is installed.
+fn make_any(factories: &[&str], name: String) -> Result<gst::Element, PlayerError> {
+    for factory in factories {
+        if gst::ElementFactory::find(factory).is_some() {
+            return make(factory, name);
+        }
+    }
+    Err(PlayerError::Gst(format!("none of {factories:?} is installed: run scripts/install-deps.sh")))
+}
+
+/// Caps of what the appsrc pushes, and whether the engine decodes the audio itself.
+fn source_caps(info: &TrackInfo, engine_audio: bool) -> Result<gst::Caps, String> {
+    let config = || info.codec_config.as_ref().map(|c| gst::Buffer::from_slice(c.clone()));
+    let sized = |builder: gst::caps::Builder<gst::caps::NoFeature>| match info.video {
+        Some(v) => builder.field("width", v.width as i32).field("height", v.height as i32),
+        None => builder,
+    };
+    if engine_audio {
+        let audio = info.audio.ok_or("no audio format in the index")?;
+        return Ok(gst_audio::AudioCapsBuilder::new_interleaved()
+            .format(gst_audio::AUDIO_FORMAT_F32)
+            .rate(audio.sample_rate as i32)
+            .channels(audio.channels as i32)
+            .build());
+    }
+    let caps = match &info.codec {
+        Codec::H264 => {
+            let config = config().ok_or("H.264 without avcC")?;
+            sized(gst::Caps::builder("video/x-h264"))
+                .field("stream-format", "avc")
+                .field("alignment", "au")
+                .field("codec_data", config)
+                .build()
+        }
+        Codec::H265 => {
+            let config = config().ok_or("H.265 without hvcC")?;
+            sized(gst::Caps::builder("video/x-h265"))
+                .field("stream-format", "hvc1")
+                .field("alignment", "au")
+                .field("codec_data", config)
+                .build()
+        }
+        Codec::Vp8 => sized(gst::Caps::builder("video/x-vp8")).build(),
+        Codec::Vp9 => sized(gst::Caps::builder("video/x-vp9")).build(),
+        Codec::Av1 => {
+            let mut b = sized(gst::Caps::builder("video/x-av1"))
+                .field("stream-format", "obu-stream")
+                .field("alignment", "tu");
+            if let Some(config) = config() {
+                b = b.field("codec_data", config);
+            }
+            b.build()
+        }
+        Codec::Opus => {
+            let head = config().ok_or("Opus without OpusHead")?;
+            gstreamer_pbutils::functions::codec_utils_opus_create_caps_from_header(&head, None)
+                .map_err(|e| format!("OpusHead: {e}"))?
+        }
+        other => return Err(format!("{other:?} cannot be played yet")),
+    };
+    Ok(caps)
+}
+
+fn decoder(codec: &Codec, name: String) -> Result<gst::Element, PlayerError> {
+    match codec {
+        Codec::H264 => {
+            let dec = make("avdec_h264", name)?;
+            // Frame threading deadlocks on flush in 1.22.0 (GSTREAMER.md); slices decode as fast
+            // here with one slice per frame.
+            dec.set_property_from_str("thread-type", "slice");
+            Ok(dec)
+        }
+        Codec::H265 => make("avdec_h265", name),
+        Codec::Vp8 => make_any(&["vp8dec", "avdec_vp8"], name),
+        Codec::Vp9 => make_any(&["vp9dec", "avdec_vp9"], name),
+        Codec::Av1 => make_any(&["dav1ddec", "av1dec", "avdec_av1"], name),
+        Codec::Opus => make("opusdec", name),
+        other => Err(PlayerError::Gst(format!("no decoder for {other:?}"))),
+    }
+}
+
+/// Builds a track's branch (not yet in the pipeline).
+pub(crate) fn build(
+    track: &str,
+    kind: TrackKind,
+    info: &TrackInfo,
+    engine_audio: bool,
+    output: &Output,
+    gate: Arc<Gate>,
+    context: Arc<SinkContext>,
+    joining: bool,
+) -> Result<Branch, PlayerError> {
+    let caps = source_caps(info, engine_audio)
+        .map_err(|what| PlayerError::Unsupported { track: track.to_string(), what })?;
+    let appsrc = gst_app::AppSrc::builder()
+        .name(format!("{track}-src"))
+        .caps(&caps)
+        .format(gst::Format::Time)
+        .stream_type(gst_app::AppStreamType::Seekable)
+        .is_live(false)
+        .do_timestamp(false)
+        .block(false)
+        .max_bytes(0)
+        .build();
+    {
+        let gate = gate.clone();
+        appsrc.set_callbacks(
+            gst_app::AppSrcCallbacks::builder()
+                .seek_data(move |_, target| {
+                    gate.on_seek_data(MediaTime::from_nanos(target.min(i64::MAX as u64) as i64));
+                    true
+                })
+                .build(),
+        );
+    }
+    if let Some(pad) = appsrc.static_pad("src") {
+        let gate = gate.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
+            if let Some(gst::PadProbeData::Event(event)) = &probe.data {
+                if event.type_() == gst::EventType::FlushStop {
+                    gate.on_flush_stop();
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let mut elements: Vec<gst::Element> = vec![appsrc.clone().upcast()];
+    match kind {
+        TrackKind::Video => {
+            elements.push(decoder(&info.codec, format!("{track}-dec"))?);
+            elements.push(make("videoconvert", format!("{track}-convert"))?);
+            elements.push(video_sink(track, output, context, joining)?);
+        }
+        TrackKind::Audio => {
+            if !engine_audio {
+                elements.push(decoder(&info.codec, format!("{track}-dec"))?);
+            }
+            elements.push(make("audioconvert", format!("{track}-convert"))?);
+            elements.push(make("audioresample", format!("{track}-resample"))?);
+            elements.push(make("scaletempo", format!("{track}-tempo"))?);
+            elements.push(make("audioconvert", format!("{track}-convert2"))?);
+            elements.push(make("audioresample", format!("{track}-resample2"))?);
+            elements.push(audio_sink(track, output, context, joining)?);
+        }
+        TrackKind::Captions => {
+            return Err(PlayerError::Unsupported {
+                track: track.to_string(),
+                what: "captions have no pipeline branch".into(),
+            })
+        }
+    }
+    Ok(Branch { appsrc, elements })
+}
+
+impl Branch {
+    /// Adds the branch to `pipeline` and links it.
+    pub(crate) fn attach(&self, pipeline: &gst::Pipeline) -> Result<(), PlayerError> {
+        pipeline.add_many(&self.elements).map_err(|e| PlayerError::Gst(e.to_string()))?;
+        gst::Element::link_many(&self.elements).map_err(|e| PlayerError::Gst(format!("linking: {e}")))?;
+        Ok(())
+    }
+
+    /// Stops the branch and takes it out of `pipeline` (from an application thread).
+    pub(crate) fn detach(&self, pipeline: &gst::Pipeline) {
+        for element in self.elements.iter().rev() {
+            let _ = element.set_state(gst::State::Null);
+        }
+        let _ = pipeline.remove_many(&self.elements);
+    }
+
+    pub(crate) fn sync_state(&self) -> Result<(), PlayerError> {
+        for element in self.elements.iter().rev() {
+            element
+                .sync_state_with_parent()
+                .map_err(|e| PlayerError::Gst(format!("starting {}: {e}", element.name())))?;
+        }
+        Ok(())
+    }
+}
+
+fn appsink(name: String, caps: gst::Caps, joining: bool, context: &Arc<SinkContext>) -> gst_app::AppSink {
+    let sink = gst_app::AppSink::builder()
+        .name(name)
+        .caps(&caps)
+        .sync(true)
+        .max_buffers(2)
+        .drop(false)
+        .enable_last_sample(false)
+        .async_(!joining)
+        .build();
+    if let Some(pad) = sink.static_pad("sink") {
+        let context = context.clone();
+        pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
+            if let Some(gst::PadProbeData::Event(event)) = &probe.data {
+                if event.type_() == gst::EventType::FlushStop {
+                    context.flushed();
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    sink
+}
+
+fn video_sink(
+    track: &str,
+    output: &Output,
+    context: Arc<SinkContext>,
+    joining: bool,
+) -> Result<gst::Element, PlayerError> {
+    if matches!(output, Output::Window) {
+        let sink = make_any(&["autovideosink"], format!("{track}-sink"))?;
+        if joining {
+            sink.set_property("async-handling", true);
+        }
+        return Ok(sink);
+    }
+    let caps = gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build();
+    let sink = appsink(format!("{track}-sink"), caps, joining, &context);
+    let preroll_context = context.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_preroll(move |sink| {
+                if let Ok(sample) = sink.pull_preroll() {
+                    deliver_video(&preroll_context, sink, &sample, true);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                deliver_video(&context, sink, &sample, false);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    Ok(sink.upcast())
+}
+
+fn audio_sink(
+    track: &str,
+    output: &Output,
+    context: Arc<SinkContext>,
+    joining: bool,
+) -> Result<gst::Element, PlayerError> {
+    if matches!(output, Output::Window) {
+        let sink = make_any(&["autoaudiosink"], format!("{track}-sink"))?;
+        if joining {
+            sink.set_property("async-handling", true);
+        }
+        return Ok(sink);
+    }
+    let caps = gst_audio::AudioCapsBuilder::new_interleaved().format(gst_audio::AUDIO_FORMAT_F32).build();
+    let sink = appsink(format!("{track}-sink"), caps, joining, &context);
+    let preroll_context = context.clone();
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_preroll(move |sink| {
+                if let Ok(sample) = sink.pull_preroll() {
+                    preroll_context.first_buffer();
+                    let _ = sample;
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                deliver_audio(&context, sink, &sample);
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    Ok(sink.upcast())
+}
+
+/// Meeting time of the buffer, and of the sink's clock now, through the sample's segment.
+fn times(
+    sink: &gst_app::AppSink,
+    sample: &gst::Sample,
+    buffer: &gst::BufferRef,
+) -> (MediaTime, Option<MediaTime>) {
+    let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+    let to_media = |t: gst::ClockTime| MediaTime::from_nanos(t.nseconds() as i64);
+    let pts = buffer.pts();
+    let stream_pts = match (&segment, pts) {
+        (Some(seg), Some(p)) => seg.to_stream_time(p).or(Some(p)),
+        (_, p) => p,
+    };
+    let clock = sink.current_running_time().and_then(|rt| {
+        let seg = segment.as_ref()?;
+        let position = seg.position_from_running_time(rt)?;
+        seg.to_stream_time(position)
+    });
+    (stream_pts.map(to_media).unwrap_or_default(), clock.map(to_media))
+}
+
+fn deliver_video(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::Sample, preroll: bool) {
+    context.first_buffer();
+    if !preroll {
+        context.stats.count_rendered();
+    }
+    let Some(callback) = &context.on_video else { return };
+    let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else { return };
+    let Ok(info) = gst_video::VideoInfo::from_caps(caps) else { return };
+    let (pts, clock) = times(sink, sample, &buffer);
+    let duration = MediaTime::from_nanos(buffer.duration().map(|d| d.nseconds() as i64).unwrap_or(0));
+    let Ok(map) = buffer.into_mapped_buffer_readable() else { return };
+    let frame = VideoFrame {
+        track: context.track.clone(),
+        pts,
+        duration,
+        clock,
+        preroll,
+        width: info.width(),
+        height: info.height(),
+        stride: info.stride().first().copied().unwrap_or(0).max(0) as usize,
+        planes: [
+            info.offset().first().copied().unwrap_or(0),
+            info.offset().get(1).copied().unwrap_or(0),
+            info.offset().get(2).copied().unwrap_or(0),
+        ],
+        chroma_stride: info.stride().get(1).copied().unwrap_or(0).max(0) as usize,
+        data: bytes::Bytes::from_owner(map),
+        seek: context.seek_count(),
+    };
+    callback(&frame);
+}
+
+fn deliver_audio(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::Sample) {
+    context.first_buffer();
+    context.stats.count_rendered();
+    let Some(callback) = &context.on_audio else { return };
+    let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else { return };
+    let Ok(info) = gst_audio::AudioInfo::from_caps(caps) else { return };
+    let (pts, clock) = times(sink, sample, &buffer);
+    let Ok(map) = buffer.into_mapped_buffer_readable() else { return };
+    let chunk = AudioChunk {
+        track: context.track.clone(),
+        pts,
+        clock,
+        rate: info.rate(),
+        channels: info.channels(),
+        samples: bytes::Bytes::from_owner(map),
+        seek: context.seek_count(),
+    };
+    callback(&chunk);
+}
+
+/// A non-flushing seek stored in a READY appsrc: where a joining branch's segment starts.
+pub(crate) fn pending_seek(appsrc: &gst_app::AppSrc, rate: f64, at: MediaTime) -> bool {
+    let seek = gst::event::Seek::new(
+        rate,
+        gst::SeekFlags::ACCURATE,
+        gst::SeekType::Set,
+        clock_time(at),
+        gst::SeekType::None,
+        gst::ClockTime::NONE,
+    );
+    appsrc.send_event(seek)
+}

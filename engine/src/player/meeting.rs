@@ -1,0 +1,193 @@
+//! A meeting to play: its tracks (kind, role, participant, spans) and where their bytes come
+//! from. A local folder and a stream on a peer give the same [`Meeting`]; everything after
+//! opening reads through [`RangeSource`]s, so the player cannot tell them apart.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::timeline::{Span, Timeline};
+use super::PlayerError;
+use crate::manifest::{GapPolicy, Manifest, TrackKind};
+use crate::source::{FileSource, RangeSource};
+use crate::time::MediaTime;
+
+/// One track as the player knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackDesc {
+    pub name: Arc<str>,
+    pub kind: TrackKind,
+    /// `camera`, `screen`, `mixed_audio`, ...
+    pub role: String,
+    pub participant: Option<String>,
+    /// Where the track has something to show.
+    pub timeline: Timeline,
+    pub gap_policy: GapPolicy,
+}
+
+type Opener = dyn Fn(&TrackDesc) -> Result<Arc<dyn RangeSource>, PlayerError> + Send + Sync;
+type Wrapper = dyn Fn(&TrackDesc, Arc<dyn RangeSource>) -> Arc<dyn RangeSource> + Send + Sync;
+
+/// A meeting's tracks and a way to read each one.
+#[derive(Clone)]
+pub struct Meeting {
+    name: String,
+    duration: Option<MediaTime>,
+    tracks: Vec<TrackDesc>,
+    opener: Arc<Opener>,
+    wrapper: Option<Arc<Wrapper>>,
+}
+
+impl fmt::Debug for Meeting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Meeting")
+            .field("name", &self.name)
+            .field("duration", &self.duration)
+            .field("tracks", &self.tracks)
+            .finish()
+    }
+}
+
+impl Meeting {
+    /// A meeting folder: `meeting.json` and the files it names.
+    pub fn from_folder(folder: impl AsRef<Path>) -> Result<Meeting, PlayerError> {
+        let folder: PathBuf = folder.as_ref().to_path_buf();
+        let manifest = Manifest::load(&folder)?;
+        let files: Vec<(Arc<str>, PathBuf)> =
+            manifest.tracks.iter().map(|t| (Arc::from(t.name.as_str()), folder.join(t.file()))).collect();
+        let tracks = manifest
+            .tracks
+            .iter()
+            .map(|t| TrackDesc {
+                name: Arc::from(t.name.as_str()),
+                kind: t.kind,
+                role: t.role.clone(),
+                participant: t.participant.clone(),
+                timeline: Timeline::new(t.segments.iter().map(Span::from_segment).collect()),
+                gap_policy: t.gap_policy.unwrap_or_default(),
+            })
+            .collect();
+        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, PlayerError> {
+            let path = files
+                .iter()
+                .find(|(name, _)| *name == desc.name)
+                .map(|(_, path)| path)
+                .ok_or_else(|| PlayerError::UnknownTrack(desc.name.to_string()))?;
+            let file = FileSource::open(path).map_err(|e| PlayerError::Open {
+                track: desc.name.to_string(),
+                message: format!("{}: {e}", path.display()),
+            })?;
+            Ok(Arc::new(file))
+        };
+        Ok(Meeting {
+            name: manifest.name.clone(),
+            duration: manifest.duration_ms.map(|ms| MediaTime::from_millis(ms as i64)),
+            tracks,
+            opener: Arc::new(opener),
+            wrapper: None,
+        })
+    }
+
+    /// A stream already described by a peer (`Client::get`), read through `client`.
+    #[cfg(feature = "net")]
+    pub fn from_peer_stream(
+        client: crate::net::Client,
+        peer: crate::net::PeerAddr,
+        info: crate::net::StreamInfo,
+    ) -> Result<Meeting, PlayerError> {
+        let mut tracks = Vec::with_capacity(info.tracks.len());
+        for t in &info.tracks {
+            let kind = match t.kind.as_str() {
+                "video" => TrackKind::Video,
+                "audio" => TrackKind::Audio,
+                "captions" => TrackKind::Captions,
+                other => {
+                    return Err(PlayerError::Open {
+                        track: t.name.clone(),
+                        message: format!("the peer says its kind is {other:?}"),
+                    })
+                }
+            };
+            let gap_policy = match t.gap_policy.as_deref() {
+                Some("black") => GapPolicy::Black,
+                Some("freeze") => GapPolicy::Freeze,
+                Some("silence") => GapPolicy::Silence,
+                _ => GapPolicy::Hide,
+            };
+            let spans = t
+                .segments
+                .iter()
+                .map(|s| Span {
+                    start: MediaTime::from_millis(s.start_ms as i64),
+                    end: s.end_ms.map(|ms| MediaTime::from_millis(ms as i64)),
+                    media_start: MediaTime::from_millis(s.media_start_ms as i64),
+                })
+                .collect();
+            tracks.push(TrackDesc {
+                name: Arc::from(t.name.as_str()),
+                kind,
+                role: t.role.clone(),
+                participant: t.participant.clone(),
+                timeline: Timeline::new(spans),
+                gap_policy,
+            });
+        }
+        let duration = info.duration_ms.map(|ms| MediaTime::from_millis(ms as i64));
+        let name = info.name.clone();
+        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, PlayerError> {
+            let track = crate::net::RemoteTrack::new(client.clone(), peer.clone(), &info, &desc.name)
+                .map_err(|e| PlayerError::Open { track: desc.name.to_string(), message: e.to_string() })?;
+            Ok(Arc::new(track))
+        };
+        Ok(Meeting { name, duration, tracks, opener: Arc::new(opener), wrapper: None })
+    }
+
+    /// `stream` on `peer`: one `stream.get`, then range reads as the player needs them.
+    #[cfg(feature = "net")]
+    pub async fn from_peer(
+        client: &crate::net::Client,
+        peer: &crate::net::PeerAddr,
+        stream: &str,
+    ) -> Result<Meeting, PlayerError> {
+        let info = client.get(peer, stream).await?;
+        Meeting::from_peer_stream(client.clone(), peer.clone(), info)
+    }
+
+    /// Passes every track's source through `wrap` when it is opened: to count, throttle or
+    /// cache reads.
+    pub fn wrap_sources(
+        mut self,
+        wrap: impl Fn(&TrackDesc, Arc<dyn RangeSource>) -> Arc<dyn RangeSource> + Send + Sync + 'static,
+    ) -> Meeting {
+        self.wrapper = Some(Arc::new(wrap));
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The meeting's length: the manifest's, else the end of the last closed span.
+    pub fn duration(&self) -> Option<MediaTime> {
+        self.duration.or_else(|| {
+            self.tracks.iter().flat_map(|t| t.timeline.spans().iter().filter_map(|s| s.end)).max()
+        })
+    }
+
+    pub fn tracks(&self) -> &[TrackDesc] {
+        &self.tracks
+    }
+
+    pub fn track(&self, name: &str) -> Option<&TrackDesc> {
+        self.tracks.iter().find(|t| &*t.name == name)
+    }
+
+    /// Opens the byte source of one track.
+    pub(crate) fn open_source(&self, desc: &TrackDesc) -> Result<Arc<dyn RangeSource>, PlayerError> {
+        let source = (self.opener)(desc)?;
+        Ok(match &self.wrapper {
+            Some(wrap) => wrap(desc, source),
+            None => source,
+        })
+    }
+}

@@ -1,0 +1,728 @@
+//! The player: one meeting clock over tracks that come and go.
+//!
+//! ```text
+//!  Meeting (folder | peer) ──> per subscribed track:
+//!     RangeSource ─> TrackIndex ─> Fetcher thread ══bounded channel══> Feeder thread ─> appsrc
+//!                                  (ranges, sizing,                   (generations,     │
+//!                                   buffer target)                     flush guard)     ▼
+//!                                                          decoder ! convert ! clock-synced sink
+//!  one gst::Pipeline, one clock, one segment start for every branch; the clock watcher
+//!  turns the cursor into span, caption and buffering events.
+//! ```
+//!
+//! | module      | concern                                                             |
+//! |-------------|---------------------------------------------------------------------|
+//! | `meeting`   | tracks and their byte sources: a folder and a peer look the same     |
+//! | `timeline`  | a track's spans on the meeting timeline                              |
+//! | `fetcher`   | cursor -> byte ranges -> samples; request sizing; buffer target      |
+//! | `audio`     | Vorbis, MP3, AAC, FLAC decoded with symphonia                        |
+//! | `feeder`    | samples -> appsrc; seek generations and the flush guard              |
+//! | `branch`    | one track's elements: build, join while playing, remove              |
+//! | `output`    | window, headless or callbacks, and the frames callbacks receive      |
+//! | `seek`      | seek modes and per-track seek latency                                |
+//! | `clock`     | the cursor's events: spans, captions, buffering                     |
+//! | `events`    | the event stream                                                     |
+//!
+//! # Example
+//! Play two tracks of the bundled meeting headless for a moment:
+//! ```no_run
+//! use tandem::player::{Meeting, Output, Player, PlayerOptions, SeekMode};
+//! use tandem::MediaTime;
+//!
+//! let meeting = Meeting::from_folder("fixtures/meeting")?;
+//! let options = PlayerOptions {
+//!     output: Output::Headless,
+//!     subscribe: Some(vec!["alice_video".into(), "mixed_audio".into()]),
+//!     ..PlayerOptions::default()
+//! };
+//! let player = Player::open(meeting, options)?;
+//! player.seek(MediaTime::from_secs(12), SeekMode::Accurate)?;
+//! player.play()?;
+//! std::thread::sleep(std::time::Duration::from_secs(2));
+//! println!("at {}", player.position());
+//! # Ok::<(), tandem::player::PlayerError>(())
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+
+mod audio;
+mod branch;
+mod clock;
+mod events;
+mod feeder;
+mod fetcher;
+mod meeting;
+mod output;
+mod seek;
+mod timeline;
+
+pub use events::PlayerEvent;
+pub use fetcher::TrackStats;
+pub use meeting::{Meeting, TrackDesc};
+pub use output::{AudioCallback, AudioChunk, Output, VideoCallback, VideoFrame};
+pub use seek::SeekMode;
+pub use timeline::{Place, Span, Timeline};
+
+use branch::Branch;
+use clock::Cue;
+use events::EventSink;
+use feeder::{clock_time, Gate};
+use fetcher::{Fetcher, Position, RequestSizer, StartMode, StatsSource};
+use output::SinkContext;
+use seek::SeekTracker;
+
+use crate::index::{IndexError, TrackIndex};
+use crate::manifest::{ManifestError, TrackKind};
+use crate::source::RangeSource;
+use crate::time::MediaTime;
+
+/// Why the player could not do what it was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlayerError {
+    #[error(transparent)]
+    Manifest(#[from] Arc<ManifestError>),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[cfg(feature = "net")]
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("opening track {track}: {message}")]
+    Open { track: String, message: String },
+    #[error("no track named {0:?} in this meeting")]
+    UnknownTrack(String),
+    #[error("track {track}: {what}")]
+    Unsupported { track: String, what: String },
+    #[error("GStreamer: {0}")]
+    Gst(String),
+    #[error("rate {0} is outside 0.5 to 2")]
+    Rate(f64),
+}
+
+impl From<ManifestError> for PlayerError {
+    fn from(e: ManifestError) -> Self {
+        PlayerError::Manifest(Arc::new(e))
+    }
+}
+
+/// How a player is opened.
+#[derive(Debug, Clone)]
+pub struct PlayerOptions {
+    pub output: Output,
+    /// Media fetched ahead of the cursor per track (default 3 s).
+    pub buffer_target: MediaTime,
+    /// Tracks to subscribe at once; every track when `None`.
+    pub subscribe: Option<Vec<String>>,
+    /// Where the cursor starts.
+    pub start_at: MediaTime,
+    /// How far ahead of the cursor a track joining while playing appears.
+    pub join_margin: MediaTime,
+}
+
+impl Default for PlayerOptions {
+    fn default() -> Self {
+        PlayerOptions {
+            output: Output::Headless,
+            buffer_target: MediaTime::from_secs(3),
+            subscribe: None,
+            start_at: MediaTime::ZERO,
+            join_margin: MediaTime::from_millis(300),
+        }
+    }
+}
+
+/// A subscribed track.
+enum Runtime {
+    Media {
+        desc: TrackDesc,
+        index: Arc<TrackIndex>,
+        source: Arc<dyn RangeSource>,
+        branch: Branch,
+        gate: Arc<Gate>,
+        stats: Arc<TrackStats>,
+    },
+    Captions {
+        desc: TrackDesc,
+        cues: Arc<Vec<Cue>>,
+    },
+}
+
+impl Runtime {
+    fn desc(&self) -> &TrackDesc {
+        match self {
+            Runtime::Media { desc, .. } | Runtime::Captions { desc, .. } => desc,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PlayState {
+    /// The embedder asked to play.
+    playing: bool,
+    /// Playback waits for data.
+    buffering: bool,
+    rate: f64,
+    /// Segment start of the last flushing seek: running time is `(pts - start) / rate`.
+    segment_start: MediaTime,
+    /// Where playing last (re)started: buffering is not judged before the pipeline settles.
+    since: MediaTime,
+}
+
+pub(crate) struct Inner {
+    meeting: Meeting,
+    options: PlayerOptions,
+    pipeline: gst::Pipeline,
+    tracks: Mutex<Vec<Runtime>>,
+    /// Every track ever subscribed: stats outlive subscriptions.
+    stats: Mutex<HashMap<Arc<str>, Arc<TrackStats>>>,
+    events: EventSink,
+    events_rx: Receiver<PlayerEvent>,
+    seeks: Arc<SeekTracker>,
+    play: Mutex<PlayState>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Plays one meeting. Dropping it stops everything it started.
+pub struct Player {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Player {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Player")
+            .field("meeting", &self.inner.meeting.name())
+            .field("subscribed", &self.subscribed())
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn gst_err(e: impl std::fmt::Display) -> PlayerError {
+    PlayerError::Gst(e.to_string())
+}
+
+impl Player {
+    /// Opens `meeting`, subscribes the chosen tracks and prerolls paused at `start_at`.
+    pub fn open(meeting: Meeting, options: PlayerOptions) -> Result<Player, PlayerError> {
+        gst::init().map_err(gst_err)?;
+        let pipeline = gst::Pipeline::with_name("tandem");
+        let (events, events_rx) = EventSink::new();
+        let seeks = Arc::new(SeekTracker::new(events.clone()));
+        let inner = Arc::new(Inner {
+            meeting,
+            options,
+            pipeline,
+            tracks: Mutex::new(Vec::new()),
+            stats: Mutex::new(HashMap::new()),
+            events,
+            events_rx,
+            seeks,
+            play: Mutex::new(PlayState {
+                playing: false,
+                buffering: false,
+                rate: 1.0,
+                segment_start: MediaTime::ZERO,
+                since: MediaTime::ZERO,
+            }),
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Mutex::new(Vec::new()),
+        });
+        let player = Player { inner: inner.clone() };
+        let names: Vec<String> = match &inner.options.subscribe {
+            Some(names) => names.clone(),
+            None => inner.meeting.tracks().iter().map(|t| t.name.to_string()).collect(),
+        };
+        for name in &names {
+            inner.add_track(name, false)?;
+        }
+        let bus = spawn_bus_watch(Arc::downgrade(&inner), inner.stop.clone()).map_err(gst_err)?;
+        let watcher = clock::spawn_watcher(Arc::downgrade(&inner), inner.stop.clone()).map_err(gst_err)?;
+        lock(&inner.threads).extend([bus, watcher]);
+        inner.pipeline.set_state(gst::State::Paused).map_err(|e| gst_err(format!("pausing: {e}")))?;
+        inner.wait_settled()?;
+        if inner.options.start_at > MediaTime::ZERO || inner.has_media() {
+            player.seek(inner.options.start_at, SeekMode::Accurate)?;
+        }
+        Ok(player)
+    }
+
+    pub fn meeting(&self) -> &Meeting {
+        &self.inner.meeting
+    }
+
+    /// The meeting's tracks with kind, role, participant and spans.
+    pub fn tracks(&self) -> &[TrackDesc] {
+        self.inner.meeting.tracks()
+    }
+
+    /// Names of the subscribed tracks.
+    pub fn subscribed(&self) -> Vec<Arc<str>> {
+        lock(&self.inner.tracks).iter().map(|r| r.desc().name.clone()).collect()
+    }
+
+    /// Adds a track at any moment; while playing it joins at the cursor without disturbing
+    /// the others.
+    pub fn subscribe(&self, track: &str) -> Result<(), PlayerError> {
+        if self.subscribed().iter().any(|t| &**t == track) {
+            return Ok(());
+        }
+        let (playing, _, _) = self.inner.play_state();
+        if playing {
+            self.inner.add_track(track, true)
+        } else {
+            self.inner.add_track(track, false)?;
+            // Paused: re-preroll every branch at the cursor, the new one included.
+            self.seek(self.position(), SeekMode::Accurate).map(|_| ())
+        }
+    }
+
+    /// Removes a track: its fetching stops at once and its branch leaves the pipeline.
+    pub fn unsubscribe(&self, track: &str) -> Result<(), PlayerError> {
+        if self.inner.remove_track(track) {
+            Ok(())
+        } else {
+            Err(PlayerError::UnknownTrack(track.to_string()))
+        }
+    }
+
+    pub fn play(&self) -> Result<(), PlayerError> {
+        let position = self.position();
+        let buffering = {
+            let mut state = lock(&self.inner.play);
+            state.playing = true;
+            state.since = position;
+            state.buffering
+        };
+        if !buffering {
+            self.inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
+        }
+        Ok(())
+    }
+
+    pub fn pause(&self) -> Result<(), PlayerError> {
+        {
+            let mut state = lock(&self.inner.play);
+            state.playing = false;
+            state.buffering = false;
+        }
+        self.inner.pipeline.set_state(gst::State::Paused).map_err(gst_err)?;
+        Ok(())
+    }
+
+    pub fn is_playing(&self) -> bool {
+        lock(&self.inner.play).playing
+    }
+
+    /// Moves the cursor. Returns the target the tracks seek to (a keyframe in fast mode).
+    pub fn seek(&self, t: MediaTime, mode: SeekMode) -> Result<MediaTime, PlayerError> {
+        self.inner.seek(t, mode)
+    }
+
+    /// Playback rate, 0.5 to 2; audio keeps its pitch.
+    pub fn set_rate(&self, rate: f64) -> Result<(), PlayerError> {
+        if !(0.5..=2.0).contains(&rate) {
+            return Err(PlayerError::Rate(rate));
+        }
+        let position = self.position();
+        lock(&self.inner.play).rate = rate;
+        self.inner.seek(position, SeekMode::Accurate).map(|_| ())
+    }
+
+    pub fn rate(&self) -> f64 {
+        lock(&self.inner.play).rate
+    }
+
+    /// The cursor: the meeting time on screen now.
+    pub fn position(&self) -> MediaTime {
+        self.inner.position().unwrap_or_else(|| lock(&self.inner.play).segment_start)
+    }
+
+    /// The event stream (a clone of the one receiver; events go to whichever reads first).
+    pub fn events(&self) -> Receiver<PlayerEvent> {
+        self.inner.events_rx.clone()
+    }
+
+    /// Events dropped because nobody read them in time.
+    pub fn events_dropped(&self) -> u64 {
+        self.inner.events.dropped()
+    }
+
+    /// Fetch and render figures of a track subscribed now or before.
+    pub fn track_stats(&self, track: &str) -> Option<Arc<TrackStats>> {
+        lock(&self.inner.stats).get(track).cloned()
+    }
+
+    /// Waits until every subscribed track shows the last seek's target; false on timeout.
+    pub fn wait_seek(&self, timeout: Duration) -> bool {
+        let count = self.inner.seeks.count();
+        self.inner.seeks.wait(count, timeout)
+    }
+
+    /// How many seeks have been made (frames carry the count current when they were shown).
+    pub fn seek_count(&self) -> u64 {
+        self.inner.seeks.count()
+    }
+}
+
+impl Drop for Player {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        let _ = self.inner.pipeline.set_state(gst::State::Null);
+        for runtime in lock(&self.inner.tracks).drain(..) {
+            if let Runtime::Media { gate, branch, .. } = runtime {
+                gate.close();
+                branch.detach(&self.inner.pipeline);
+            }
+        }
+        for thread in lock(&self.inner.threads).drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Inner {
+    fn has_media(&self) -> bool {
+        lock(&self.tracks).iter().any(|r| matches!(r, Runtime::Media { .. }))
+    }
+
+    pub(crate) fn position(&self) -> Option<MediaTime> {
+        self.pipeline
+            .query_position::<gst::ClockTime>()
+            .map(|t| MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64))
+    }
+
+    pub(crate) fn play_state(&self) -> (bool, bool, MediaTime) {
+        let state = lock(&self.play);
+        (state.playing, state.buffering, state.since)
+    }
+
+    pub(crate) fn subscribed_descs(&self) -> Vec<TrackDesc> {
+        lock(&self.tracks).iter().map(|r| r.desc().clone()).collect()
+    }
+
+    pub(crate) fn caption_tracks(&self) -> Vec<(Arc<str>, Arc<Vec<Cue>>)> {
+        lock(&self.tracks)
+            .iter()
+            .filter_map(|r| match r {
+                Runtime::Captions { desc, cues } => Some((desc.name.clone(), cues.clone())),
+                Runtime::Media { .. } => None,
+            })
+            .collect()
+    }
+
+    pub(crate) fn media_stats(&self) -> Vec<(Arc<str>, Arc<TrackStats>)> {
+        lock(&self.tracks)
+            .iter()
+            .filter_map(|r| match r {
+                Runtime::Media { desc, stats, .. } => Some((desc.name.clone(), stats.clone())),
+                Runtime::Captions { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Pauses while a track runs dry; resumes when all have enough.
+    pub(crate) fn set_buffering(&self, on: bool) {
+        let position = self.position().unwrap_or_default();
+        let playing = {
+            let mut state = lock(&self.play);
+            state.buffering = on;
+            if !on {
+                state.since = position;
+            }
+            state.playing
+        };
+        let target = if on || !playing { gst::State::Paused } else { gst::State::Playing };
+        let _ = self.pipeline.set_state(target);
+    }
+
+    /// Waits for the pipeline to finish a state change (preroll).
+    fn wait_settled(&self) -> Result<(), PlayerError> {
+        let (result, _, _) = self.pipeline.state(gst::ClockTime::from_seconds(30));
+        result.map(|_| ()).map_err(|e| gst_err(format!("the pipeline did not preroll: {e}")))
+    }
+
+    fn seek(self: &Arc<Self>, t: MediaTime, mode: SeekMode) -> Result<MediaTime, PlayerError> {
+        let t = t.max(MediaTime::ZERO);
+        let target = if mode == SeekMode::Fast { self.snap_to_keyframe(t) } else { t };
+        let rate = lock(&self.play).rate;
+        let start_mode = if mode == SeekMode::Preview { StartMode::Preview } else { StartMode::Accurate };
+        let waiting: Vec<Arc<str>>;
+        {
+            let tracks = lock(&self.tracks);
+            waiting = tracks
+                .iter()
+                .filter_map(|r| match r {
+                    Runtime::Media { desc, .. } if desc.timeline.is_active(target) => Some(desc.name.clone()),
+                    _ => None,
+                })
+                .collect();
+            for runtime in tracks.iter() {
+                if let Runtime::Media { gate, branch, .. } = runtime {
+                    gate.expect_flush(start_mode);
+                    if let Some(pad) = branch.appsrc.static_pad("src") {
+                        pad.set_offset(0);
+                    }
+                }
+            }
+        }
+        let count = self.seeks.begin(target, mode, waiting);
+        {
+            let mut state = lock(&self.play);
+            state.segment_start = target;
+            state.since = target;
+        }
+        if !self.has_media() {
+            return Ok(target);
+        }
+        self.pipeline
+            .seek(
+                rate,
+                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
+                gst::SeekType::Set,
+                clock_time(target),
+                gst::SeekType::None,
+                gst::ClockTime::NONE,
+            )
+            .map_err(|e| gst_err(format!("seeking to {target}: {e}")))?;
+        if mode == SeekMode::Preview {
+            // Keyframes first; then the accurate frame, unless another seek came first.
+            let weak = Arc::downgrade(self);
+            let _ = std::thread::Builder::new().name("tandem-preview".into()).spawn(move || {
+                let Some(inner) = weak.upgrade() else { return };
+                inner.seeks.wait(count, Duration::from_secs(3));
+                if inner.seeks.count() == count {
+                    let _ = inner.seek(target, SeekMode::Accurate);
+                }
+            });
+        }
+        Ok(target)
+    }
+
+    /// The keyframe at or before `t` of the first subscribed video track showing something
+    /// at `t`, in meeting time.
+    fn snap_to_keyframe(&self, t: MediaTime) -> MediaTime {
+        let tracks = lock(&self.tracks);
+        for runtime in tracks.iter() {
+            let Runtime::Media { desc, index, source, .. } = runtime else { continue };
+            if desc.kind != TrackKind::Video {
+                continue;
+            }
+            let Place::Active { span, media } = desc.timeline.place(t) else { continue };
+            let Some(span) = desc.timeline.span(span) else { continue };
+            if let Ok(keyframe) = index.seek(source.as_ref(), media) {
+                return span.to_meeting(keyframe.pts).max(span.start).min(t);
+            }
+        }
+        t
+    }
+
+    /// Opens, builds and starts a track; `joining` while the pipeline plays.
+    fn add_track(self: &Arc<Self>, name: &str, joining: bool) -> Result<(), PlayerError> {
+        let desc = self.meeting.track(name).cloned().ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
+        let stats = lock(&self.stats).entry(desc.name.clone()).or_default().clone();
+        let raw = self.meeting.open_source(&desc)?;
+        let source: Arc<dyn RangeSource> = Arc::new(StatsSource { inner: raw, stats: stats.clone() });
+        let index = Arc::new(TrackIndex::open(name, source.as_ref())?);
+        if desc.kind == TrackKind::Captions {
+            let cues = load_cues(&index, source.as_ref(), &desc)?;
+            lock(&self.tracks).push(Runtime::Captions { desc, cues: Arc::new(cues) });
+            return Ok(());
+        }
+        let info = index.info().clone();
+        let engine_audio = desc.kind == TrackKind::Audio && audio::decodes_in_engine(&info.codec);
+        let decoder = if engine_audio {
+            Some(
+                audio::AudioDecoder::new(&info, index.encoder_delay())
+                    .map_err(|what| PlayerError::Unsupported { track: name.into(), what })?,
+            )
+        } else {
+            None
+        };
+        let (command_tx, command_rx) = crossbeam_channel::bounded(16);
+        let (item_tx, item_rx) = crossbeam_channel::bounded(64);
+        let gate = Arc::new(Gate::new(command_tx, info.audio.map(|a| a.sample_rate)));
+        let (on_video, on_audio) = match &self.options.output {
+            Output::Callbacks { video, audio } => (video.clone(), audio.clone()),
+            _ => (None, None),
+        };
+        let context = Arc::new(SinkContext {
+            track: desc.name.clone(),
+            stats: stats.clone(),
+            on_video,
+            on_audio,
+            seeks: self.seeks.clone(),
+            epoch: std::sync::atomic::AtomicU64::new(self.seeks.count()),
+        });
+        let branch = branch::build(
+            name,
+            desc.kind,
+            &info,
+            engine_audio,
+            &self.options.output,
+            gate.clone(),
+            context,
+            joining,
+        )?;
+        branch.attach(&self.pipeline)?;
+        let weak_pipeline = self.pipeline.downgrade();
+        let position: Position = Arc::new(move || {
+            let pipeline = weak_pipeline.upgrade()?;
+            pipeline
+                .query_position::<gst::ClockTime>()
+                .map(|t| MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64))
+        });
+        let fetcher = Fetcher {
+            desc: desc.clone(),
+            index: index.clone(),
+            source: source.clone(),
+            decoder,
+            buffer_target: self.options.buffer_target,
+            out: item_tx,
+            commands: command_rx,
+            stats: stats.clone(),
+            position,
+            events: self.events.clone(),
+            sizer: RequestSizer::new(),
+        };
+        let spawned = fetcher
+            .spawn()
+            .and_then(|f| feeder::spawn(name, branch.appsrc.clone(), gate.clone(), item_rx).map(|g| (f, g)));
+        if let Err(e) = spawned {
+            branch.detach(&self.pipeline);
+            return Err(gst_err(format!("starting threads: {e}")));
+        }
+        if joining {
+            if let Err(e) = self.join_branch(&branch) {
+                gate.close();
+                branch.detach(&self.pipeline);
+                return Err(e);
+            }
+        } else if self.pipeline.current_state() >= gst::State::Paused {
+            branch.sync_state()?;
+        }
+        lock(&self.tracks).push(Runtime::Media { desc, index, source, branch, gate, stats });
+        Ok(())
+    }
+
+    /// Starts a branch inside a playing pipeline: its segment starts a little ahead of the
+    /// cursor, and a pad offset puts its running time where the other branches' is.
+    fn join_branch(&self, branch: &Branch) -> Result<(), PlayerError> {
+        let (rate, segment_start) = {
+            let state = lock(&self.play);
+            (state.rate, state.segment_start)
+        };
+        let position = self.position().unwrap_or(segment_start);
+        let join_at = position.saturating_add(self.options.join_margin);
+        branch.appsrc.set_state(gst::State::Ready).map_err(gst_err)?;
+        if !branch::pending_seek(&branch.appsrc, rate, join_at) {
+            return Err(gst_err("the joining track refused its start position"));
+        }
+        let offset = (join_at.saturating_sub(segment_start).as_nanos() as f64 / rate) as i64;
+        if let Some(pad) = branch.appsrc.static_pad("src") {
+            pad.set_offset(offset);
+        }
+        branch.sync_state()
+    }
+
+    /// Removes a track; false when it was not subscribed.
+    fn remove_track(&self, name: &str) -> bool {
+        let runtime = {
+            let mut tracks = lock(&self.tracks);
+            let Some(i) = tracks.iter().position(|r| &*r.desc().name == name) else { return false };
+            tracks.remove(i)
+        };
+        if let Runtime::Media { gate, branch, desc, .. } = runtime {
+            gate.close();
+            branch.detach(&self.pipeline);
+            self.seeks.forget(&desc.name);
+        }
+        true
+    }
+
+    /// The subscribed track an element belongs to (branch elements are named `<track>-...`).
+    fn track_of(&self, element: &str) -> Option<Arc<str>> {
+        lock(&self.tracks)
+            .iter()
+            .map(|r| r.desc().name.clone())
+            .filter(|name| element.strip_prefix(&**name).is_some_and(|rest| rest.starts_with('-')))
+            .max_by_key(|name| name.len())
+    }
+}
+
+/// Every cue of a caption track with its text, on the meeting timeline.
+fn load_cues(
+    index: &TrackIndex,
+    source: &dyn RangeSource,
+    desc: &TrackDesc,
+) -> Result<Vec<Cue>, PlayerError> {
+    let mut cues = Vec::new();
+    let mut pos = Some(index.keyframes(source)?.first().map(|k| k.pos).unwrap_or_default());
+    while let Some(at) = pos {
+        let batch = index.samples(source, at, 1024)?;
+        if batch.samples.is_empty() {
+            break;
+        }
+        for sample in &batch.samples {
+            let data = index.sample_data(source, sample)?;
+            let text = String::from_utf8_lossy(&data);
+            // The block's text is what follows its timing line.
+            let body: Vec<&str> = text.lines().skip_while(|l| !l.contains("-->")).skip(1).collect();
+            let text = body.join("\n").trim().to_string();
+            for span in desc.timeline.spans() {
+                let start = span.to_meeting(sample.pts).max(span.start);
+                let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
+                let end = span.end.map_or(end, |e| end.min(e));
+                if start < end {
+                    cues.push(Cue { start, end, text: text.clone() });
+                }
+            }
+        }
+        pos = batch.next;
+    }
+    cues.sort_by_key(|c| c.start);
+    Ok(cues)
+}
+
+/// Watches the pipeline's bus: a track's error stops that track only; the end of every
+/// branch is the end of the meeting.
+fn spawn_bus_watch(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+    let bus = inner.upgrade().and_then(|i| i.pipeline.bus());
+    std::thread::Builder::new().name("tandem-bus".into()).spawn(move || {
+        let Some(bus) = bus else { return };
+        while !stop.load(Ordering::Relaxed) {
+            let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else { continue };
+            let Some(inner) = inner.upgrade() else { return };
+            match message.view() {
+                gst::MessageView::Error(err) => {
+                    let source = message.src().map(|s| s.name().to_string()).unwrap_or_default();
+                    let text = format!("{} ({source})", err.error());
+                    match inner.track_of(&source) {
+                        Some(track) => {
+                            tracing::warn!(%track, %text, "track error");
+                            inner
+                                .events
+                                .send(PlayerEvent::TrackError { track: track.clone(), message: text });
+                            inner.remove_track(&track);
+                        }
+                        None => inner
+                            .events
+                            .send(PlayerEvent::TrackError { track: Arc::from("pipeline"), message: text }),
+                    }
+                }
+                gst::MessageView::Eos(_) => inner.events.send(PlayerEvent::EndOfMeeting),
+                _ => {}
+            }
+        }
+    })
+}
