@@ -95,3 +95,77 @@ fn accurate_seeks_on_the_standard_meeting() -> Result<()> {
 fn accurate_seeks_on_the_webrtc_meeting() -> Result<()> {
     accurate_seeks("meeting-webrtc", 7)
 }
+
+/// Every frame rendered since `mark`, per track: |stamp - clock| within one frame of that
+/// track, and the tracks within one frame of each other (each against the same clock).
+fn check_sync(recorder: &Recorder, mark: usize, what: &str, problems: &mut Vec<String>) -> usize {
+    let frames: Vec<_> = recorder.frames_since(mark).into_iter().filter(|f| !f.preroll).collect();
+    let mut worst: std::collections::HashMap<std::sync::Arc<str>, i64> = Default::default();
+    for f in &frames {
+        let (Some(stamp), Some(clock)) = (f.stamp, f.clock) else {
+            problems.push(format!("{what}: {} frame without stamp or clock ({:?}, {:?})", f.track, f.stamp, f.clock));
+            continue;
+        };
+        let skew = clock.as_millis() - i64::from(stamp);
+        let frame_ms = frame_interval_ms(&f.track);
+        // The frame on screen at `clock` started at most one frame before it.
+        if !(-2..=frame_ms).contains(&skew) {
+            problems.push(format!("{what}: {} stamp {stamp} shown at clock {clock} (skew {skew} ms)", f.track));
+        }
+        let w = worst.entry(f.track.clone()).or_default();
+        *w = (*w).max(skew.abs());
+    }
+    eprintln!("{what}: {} frames, worst |clock - stamp| per track {worst:?}", frames.len());
+    frames.len()
+}
+
+fn frame_interval_ms(track: &str) -> i64 {
+    match track {
+        "alice_video" => 34,
+        "bob_video" => 42,
+        _ => 200,
+    }
+}
+
+#[test]
+fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let recorder = Recorder::default();
+    let player = Player::open(Meeting::from_folder(&dir)?, PlayerOptions { output: recorder.output(), ..PlayerOptions::default() })?;
+    let mut problems = Vec::new();
+
+    player.seek(MediaTime::from_secs(8), SeekMode::Accurate)?;
+    ensure!(player.wait_seek(Duration::from_secs(10)), "first seek");
+    let mark = recorder.mark().0;
+    player.play()?;
+    std::thread::sleep(Duration::from_secs(6));
+    let steady = check_sync(&recorder, mark, "steady play", &mut problems);
+    ensure!(steady > 150, "only {steady} frames rendered in 6 s of play");
+
+    let mark = recorder.mark().0;
+    for _ in 0..10 {
+        player.pause()?;
+        std::thread::sleep(Duration::from_millis(120));
+        player.play()?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    check_sync(&recorder, mark, "pause/resume", &mut problems);
+
+    let mark = recorder.mark().0;
+    for t in [33_700, 12_345, 47_000] {
+        player.seek(MediaTime::from_millis(t), SeekMode::Accurate)?;
+        ensure!(player.wait_seek(Duration::from_secs(10)), "seek to {t}");
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    check_sync(&recorder, mark, "after seeks", &mut problems);
+
+    player.set_rate(1.5)?;
+    ensure!(player.wait_seek(Duration::from_secs(10)), "rate change");
+    let (mark, from, started) = (recorder.mark().0, player.position(), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let advanced = player.position().saturating_sub(from).as_millis() as f64 / started.elapsed().as_millis() as f64;
+    check_sync(&recorder, mark, "at 1.5x", &mut problems);
+    ensure!((1.35..=1.6).contains(&advanced), "at 1.5x the cursor moved {advanced:.2}x wall time");
+    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+    Ok(())
+}
