@@ -103,14 +103,18 @@ fn check_sync(recorder: &Recorder, mark: usize, what: &str, problems: &mut Vec<S
     let mut worst: std::collections::HashMap<std::sync::Arc<str>, i64> = Default::default();
     for f in &frames {
         let (Some(stamp), Some(clock)) = (f.stamp, f.clock) else {
-            problems.push(format!("{what}: {} frame without stamp or clock ({:?}, {:?})", f.track, f.stamp, f.clock));
+            problems.push(format!(
+                "{what}: {} frame without stamp or clock ({:?}, {:?})",
+                f.track, f.stamp, f.clock
+            ));
             continue;
         };
         let skew = clock.as_millis() - i64::from(stamp);
         let frame_ms = frame_interval_ms(&f.track);
         // The frame on screen at `clock` started at most one frame before it.
         if !(-2..=frame_ms).contains(&skew) {
-            problems.push(format!("{what}: {} stamp {stamp} shown at clock {clock} (skew {skew} ms)", f.track));
+            problems
+                .push(format!("{what}: {} stamp {stamp} shown at clock {clock} (skew {skew} ms)", f.track));
         }
         let w = worst.entry(f.track.clone()).or_default();
         *w = (*w).max(skew.abs());
@@ -131,7 +135,10 @@ fn frame_interval_ms(track: &str) -> i64 {
 fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()> {
     let dir = fixture_meeting("meeting");
     let recorder = Recorder::default();
-    let player = Player::open(Meeting::from_folder(&dir)?, PlayerOptions { output: recorder.output(), ..PlayerOptions::default() })?;
+    let player = Player::open(
+        Meeting::from_folder(&dir)?,
+        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
+    )?;
     let mut problems = Vec::new();
 
     player.seek(MediaTime::from_secs(8), SeekMode::Accurate)?;
@@ -163,9 +170,145 @@ fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()
     ensure!(player.wait_seek(Duration::from_secs(10)), "rate change");
     let (mark, from, started) = (recorder.mark().0, player.position(), Instant::now());
     std::thread::sleep(Duration::from_secs(3));
-    let advanced = player.position().saturating_sub(from).as_millis() as f64 / started.elapsed().as_millis() as f64;
+    let advanced =
+        player.position().saturating_sub(from).as_millis() as f64 / started.elapsed().as_millis() as f64;
     check_sync(&recorder, mark, "at 1.5x", &mut problems);
     ensure!((1.35..=1.6).contains(&advanced), "at 1.5x the cursor moved {advanced:.2}x wall time");
-    ensure!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n"));
+    ensure!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}
+
+/// The longest pause between two rendered frames of `track` among `frames`.
+fn longest_pause(frames: &[tandem_tests::player::SeenFrame], track: &str) -> Duration {
+    let times: Vec<Instant> =
+        frames.iter().filter(|f| &*f.track == track && !f.preroll).map(|f| f.at).collect();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+}
+
+#[test]
+fn tracks_join_and_leave_while_playing_without_disturbing_the_others() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let recorder = Recorder::default();
+    let options = PlayerOptions {
+        output: recorder.output(),
+        subscribe: Some(vec!["alice_video".into(), "bob_video".into(), "mixed_audio".into()]),
+        ..PlayerOptions::default()
+    };
+    let player = Player::open(Meeting::from_folder(&dir)?, options)?;
+    let mut problems = Vec::new();
+    player.seek(MediaTime::from_secs(12), SeekMode::Accurate)?;
+    ensure!(player.wait_seek(Duration::from_secs(10)), "first seek");
+    player.play()?;
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Join: the screen share appears in sync, alice keeps her pace.
+    let mark = recorder.mark().0;
+    let joined_at = Instant::now();
+    player.subscribe("screen_share")?;
+    std::thread::sleep(Duration::from_millis(2000));
+    let frames = recorder.frames_since(mark);
+    let shown: Vec<_> = frames.iter().filter(|f| &*f.track == "screen_share" && !f.preroll).collect();
+    ensure!(!shown.is_empty(), "screen_share never appeared after subscribing");
+    let appeared = shown[0].at - joined_at;
+    ensure!(appeared < Duration::from_millis(800), "screen_share took {appeared:?} to appear");
+    check_sync(&recorder, mark, "join", &mut problems);
+    let pause = longest_pause(&frames, "alice_video");
+    ensure!(pause < Duration::from_millis(120), "alice paused {pause:?} while screen_share joined");
+
+    // Leave: bob's fetching stops at once, the others play on.
+    let bob = player.track_stats("bob_video").expect("bob was subscribed");
+    player.unsubscribe("bob_video")?;
+    let left_at = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    let fetched = bob.fetched_bytes();
+    let mark = recorder.mark().0;
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        bob.fetched_bytes() == fetched,
+        "bob fetched {} bytes after leaving",
+        bob.fetched_bytes() - fetched
+    );
+    let frames = recorder.frames_since(mark);
+    ensure!(frames.iter().all(|f| &*f.track != "bob_video"), "bob rendered after leaving");
+    let pause = longest_pause(&frames, "alice_video");
+    ensure!(pause < Duration::from_millis(120), "alice paused {pause:?} after bob left");
+    eprintln!("screen_share appeared {appeared:?} after subscribe; bob left {:?} ago", left_at.elapsed());
+
+    // Fifty quick subscribe/unsubscribe cycles: no hang, no crash, alice undisturbed.
+    let mark = recorder.mark().0;
+    let cycles = Instant::now();
+    for i in 0..50 {
+        player.subscribe("bob_video")?;
+        std::thread::sleep(Duration::from_millis(if i % 2 == 0 { 40 } else { 120 }));
+        player.unsubscribe("bob_video")?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let frames = recorder.frames_since(mark);
+    let pause = longest_pause(&frames, "alice_video");
+    ensure!(pause < Duration::from_millis(150), "alice paused {pause:?} during 50 subscribe cycles");
+    check_sync(&recorder, mark, "50 subscribe cycles", &mut problems);
+    eprintln!("50 cycles took {:?}", cycles.elapsed());
+    ensure!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn inactive_tracks_never_stall_the_others() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let recorder = Recorder::default();
+    let player = Player::open(
+        Meeting::from_folder(&dir)?,
+        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
+    )?;
+    let mut problems = Vec::new();
+    // Before bob joins (5 s), between the screen-share spans (25-32 s), after bob leaves (50 s).
+    for (from, secs) in [(3_500u64, 3u64), (24_000, 9), (49_000, 3)] {
+        player.seek(MediaTime::from_millis(from as i64), SeekMode::Accurate)?;
+        ensure!(player.wait_seek(Duration::from_secs(10)), "seek to {from}");
+        let mark = recorder.mark().0;
+        let started = Instant::now();
+        player.play()?;
+        std::thread::sleep(Duration::from_secs(secs));
+        player.pause()?;
+        let played = started.elapsed();
+        let frames = recorder.frames_since(mark);
+        let pause = longest_pause(&frames, "alice_video");
+        if pause > Duration::from_millis(120) {
+            problems.push(format!("from {from} ms: alice paused {pause:?}"));
+        }
+        let alice = frames.iter().filter(|f| &*f.track == "alice_video" && !f.preroll).count();
+        let expected = played.as_secs_f64() * 30.0;
+        if (alice as f64) < expected * 0.9 {
+            problems.push(format!("from {from} ms: alice rendered {alice} frames in {played:?}"));
+        }
+        for f in frames.iter().filter(|f| !f.preroll) {
+            let Some(stamp) = f.stamp else { continue };
+            let inactive = match &*f.track {
+                "bob_video" => !(5_000..50_000).contains(&stamp),
+                "screen_share" => !((10_000..25_000).contains(&stamp) || (32_000..45_000).contains(&stamp)),
+                _ => false,
+            };
+            if inactive {
+                problems.push(format!("{} showed stamp {stamp} outside its spans", f.track));
+            }
+        }
+        check_sync(&recorder, mark, &format!("from {from} ms"), &mut problems);
+    }
+    ensure!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
     Ok(())
 }

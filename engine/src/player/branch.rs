@@ -20,6 +20,7 @@ use gstreamer_video as gst_video;
 
 use super::feeder::{clock_time, Gate};
 use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
+use super::timeline::Timeline;
 use super::PlayerError;
 use crate::index::{Codec, TrackInfo};
 use crate::manifest::TrackKind;
@@ -119,17 +120,27 @@ fn decoder(codec: &Codec, name: String) -> Result<gst::Element, PlayerError> {
     }
 }
 
+/// What a branch is built for.
+#[derive(Debug)]
+pub(crate) struct BranchSpec<'a> {
+    pub(crate) track: &'a str,
+    pub(crate) kind: TrackKind,
+    pub(crate) timeline: &'a Timeline,
+    pub(crate) info: &'a TrackInfo,
+    /// The appsrc carries PCM decoded by the engine.
+    pub(crate) engine_audio: bool,
+    pub(crate) output: &'a Output,
+    /// Added to a playing pipeline: its sink must not make the pipeline preroll again.
+    pub(crate) joining: bool,
+}
+
 /// Builds a track's branch (not yet in the pipeline).
 pub(crate) fn build(
-    track: &str,
-    kind: TrackKind,
-    info: &TrackInfo,
-    engine_audio: bool,
-    output: &Output,
+    spec: &BranchSpec<'_>,
     gate: Arc<Gate>,
     context: Arc<SinkContext>,
-    joining: bool,
 ) -> Result<Branch, PlayerError> {
+    let BranchSpec { track, kind, timeline, info, engine_audio, output, joining } = *spec;
     let caps = source_caps(info, engine_audio)
         .map_err(|what| PlayerError::Unsupported { track: track.to_string(), what })?;
     let appsrc = gst_app::AppSrc::builder()
@@ -167,13 +178,17 @@ pub(crate) fn build(
     let mut elements: Vec<gst::Element> = vec![appsrc.clone().upcast()];
     match kind {
         TrackKind::Video => {
-            elements.push(decoder(&info.codec, format!("{track}-dec"))?);
+            let dec = decoder(&info.codec, format!("{track}-dec"))?;
+            hide_outside_spans(&dec, timeline.clone());
+            elements.push(dec);
             elements.push(make("videoconvert", format!("{track}-convert"))?);
             elements.push(video_sink(track, output, context, joining)?);
         }
         TrackKind::Audio => {
             if !engine_audio {
-                elements.push(decoder(&info.codec, format!("{track}-dec"))?);
+                let dec = decoder(&info.codec, format!("{track}-dec"))?;
+                hide_outside_spans(&dec, timeline.clone());
+                elements.push(dec);
             }
             elements.push(make("audioconvert", format!("{track}-convert"))?);
             elements.push(make("audioresample", format!("{track}-resample"))?);
@@ -190,6 +205,27 @@ pub(crate) fn build(
         }
     }
     Ok(Branch { appsrc, elements })
+}
+
+/// Drops decoded buffers that lie wholly outside the track's spans: the frames decoded from a
+/// keyframe before a span starts, which decoders do not reliably hide for `DECODE_ONLY`.
+fn hide_outside_spans(decoder: &gst::Element, timeline: Timeline) {
+    let Some(pad) = decoder.static_pad("src") else { return };
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, probe| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &probe.data else { return gst::PadProbeReturn::Ok };
+        let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+        let start = MediaTime::from_nanos(pts.nseconds().min(i64::MAX as u64) as i64);
+        let end = start.saturating_add(MediaTime::from_nanos(
+            buffer.duration().map_or(0, |d| d.nseconds().min(i64::MAX as u64) as i64),
+        ));
+        let visible = timeline.spans().iter().any(|s| end > s.start && s.end.is_none_or(|e| start < e))
+            || (end == start && timeline.is_active(start));
+        if visible {
+            gst::PadProbeReturn::Ok
+        } else {
+            gst::PadProbeReturn::Drop
+        }
+    });
 }
 
 impl Branch {

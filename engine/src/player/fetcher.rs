@@ -40,6 +40,8 @@ const INDEX_BATCH: usize = 128;
 const REORDER_LOOKAHEAD: usize = 16;
 /// Opus decoders need this much audio before a seek point to converge (RFC 7845 section 4.6).
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
+/// Keyframe copies that drain a reordering decoder (see `Fetcher::drain_decoder`).
+const DRAIN_COPIES: i64 = 3;
 /// How often buffer figures are published.
 const STATS_EVERY: Duration = Duration::from_millis(250);
 
@@ -407,11 +409,39 @@ impl Fetcher {
             decode_only: false,
             clip_start: 0,
         };
+        let keyframe_data = packet.data.clone();
         self.send(run, Item::Buffer(packet))?;
+        self.drain_decoder(run, keyframe_data, target.saturating_add(duration))?;
         self.send(
             run,
             Item::Gap { start: target.saturating_add(duration), duration: MediaTime::from_secs(1) },
         )
+    }
+
+    /// Makes a reordering video decoder (H.264/H.265 hold frames back for B-frames) output
+    /// what it holds, when no more data follows for a while (a span's end, a preview):
+    /// decoders drain on GAP only in key-unit trick mode, so push a copy of a keyframe, which
+    /// flushes their reorder buffer. The copy is decode-only and stamped at `at`.
+    fn drain_decoder(&self, run: &mut Run, keyframe: Bytes, at: MediaTime) -> Result<(), Flow> {
+        if !matches!(self.index.info().codec, Codec::H264 | Codec::H265) {
+            return Ok(());
+        }
+        // Each copy moves the reorder buffer on by one picture; H.264 holds at most a few.
+        for i in 0..DRAIN_COPIES {
+            let pts = at.saturating_add(MediaTime::from_millis(i));
+            let packet = Packet {
+                pts,
+                dts: Some(pts),
+                duration: MediaTime::from_millis(1),
+                data: keyframe.clone(),
+                keyframe: true,
+                discont: false,
+                decode_only: true,
+                clip_start: 0,
+            };
+            self.send(run, Item::Buffer(packet))?;
+        }
+        Ok(())
     }
 
     /// Plays `span` from media time `media` until the span ends or the media runs out;
@@ -430,6 +460,8 @@ impl Fetcher {
         let mut pending: VecDeque<Sample> = VecDeque::new();
         let mut next_pos: Option<ReadPos> = Some(keyframe.pos);
         let mut first = true;
+        // A keyframe of this span, to drain the decoder with when the span ends.
+        let mut span_keyframe: Option<Bytes> = None;
         run.media_end = media;
         loop {
             // Keep enough samples indexed to find presentation order and fill a request.
@@ -447,7 +479,11 @@ impl Fetcher {
                 return Ok(span.to_meeting(run.media_end));
             };
             if past_end(&head) {
-                return Ok(span.end.unwrap_or(span.to_meeting(run.media_end)));
+                let end = span.end.unwrap_or(span.to_meeting(run.media_end));
+                if let Some(keyframe) = span_keyframe.take() {
+                    self.drain_decoder(run, keyframe, end)?;
+                }
+                return Ok(end);
             }
             if first {
                 self.poll_commands()?;
@@ -497,6 +533,9 @@ impl Fetcher {
                 run.recent_pts.push_back(sample.pts);
                 run.last_duration = duration;
                 let data = index.sample_data(&chunk, &sample).map_err(failed)?;
+                if sample.keyframe && span_keyframe.is_none() {
+                    span_keyframe = Some(data.clone());
+                }
                 let hidden = sample.pts.saturating_add(duration) <= show_from
                     || end_media.is_some_and(|end| sample.pts >= end);
                 run.media_end = run.media_end.max(sample.pts.saturating_add(duration));

@@ -564,16 +564,16 @@ impl Inner {
             seeks: self.seeks.clone(),
             epoch: std::sync::atomic::AtomicU64::new(self.seeks.count()),
         });
-        let branch = branch::build(
-            name,
-            desc.kind,
-            &info,
+        let spec = branch::BranchSpec {
+            track: name,
+            kind: desc.kind,
+            timeline: &desc.timeline,
+            info: &info,
             engine_audio,
-            &self.options.output,
-            gate.clone(),
-            context,
+            output: &self.options.output,
             joining,
-        )?;
+        };
+        let branch = branch::build(&spec, gate.clone(), context)?;
         branch.attach(&self.pipeline)?;
         let weak_pipeline = self.pipeline.downgrade();
         let position: Position = Arc::new(move || {
