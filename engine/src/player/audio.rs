@@ -66,7 +66,7 @@ impl AudioDecoder {
                 }
                 // symphonia wants the identification header followed by the setup header.
                 let mut extra = headers[0].to_vec();
-                extra.extend_from_slice(&headers[2]);
+                extra.extend_from_slice(headers[2]);
                 params.for_codec(CODEC_TYPE_VORBIS).with_extra_data(extra.into_boxed_slice());
             }
             Codec::Mp3 => {

@@ -26,6 +26,9 @@ use crate::index::{Codec, TrackInfo};
 use crate::manifest::TrackKind;
 use crate::time::MediaTime;
 
+/// Consecutive frames a video decoder may fail on before the track fails.
+const MAX_DECODE_ERRORS: i32 = 5;
+
 /// The elements of one branch, in order from the appsrc to the sink.
 #[derive(Debug)]
 pub(crate) struct Branch {
@@ -179,6 +182,11 @@ pub(crate) fn build(
     match kind {
         TrackKind::Video => {
             let dec = decoder(&info.codec, format!("{track}-dec"))?;
+            // A few undecodable frames are tolerated (and reported as warnings); a run of them
+            // means the data is damaged: the decoder errors and the track stops.
+            if dec.has_property("max-errors") {
+                dec.set_property("max-errors", MAX_DECODE_ERRORS);
+            }
             hide_outside_spans(&dec, timeline.clone());
             elements.push(dec);
             elements.push(make("videoconvert", format!("{track}-convert"))?);

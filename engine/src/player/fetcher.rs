@@ -40,6 +40,8 @@ const INDEX_BATCH: usize = 128;
 const REORDER_LOOKAHEAD: usize = 16;
 /// Opus decoders need this much audio before a seek point to converge (RFC 7845 section 4.6).
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
+/// A video delta frame this far after the previous frame has lost its references.
+const MAX_DELTA_JUMP: MediaTime = MediaTime::from_secs(2);
 /// Keyframe copies that drain a reordering decoder (see `Fetcher::drain_decoder`).
 const DRAIN_COPIES: i64 = 3;
 /// How often buffer figures are published.
@@ -270,6 +272,10 @@ struct Run {
     /// Presentation times of the samples just sent: with B-frames, the next presentation
     /// time may belong to a sample decoded earlier.
     recent_pts: VecDeque<MediaTime>,
+    /// The pipeline's position has been seen near the target: it reflects this generation.
+    position_seen: bool,
+    /// Decode time of the last sample sent in this span.
+    last_dts: Option<MediaTime>,
     last_stats: Instant,
 }
 
@@ -321,6 +327,8 @@ impl Fetcher {
             last_duration: MediaTime::from_millis(20),
             media_end: MediaTime::ZERO,
             recent_pts: VecDeque::with_capacity(REORDER_LOOKAHEAD),
+            last_dts: None,
+            position_seen: false,
             last_stats: Instant::now(),
         };
         self.stats.buffered_until.store(start.target.as_nanos(), Ordering::Relaxed);
@@ -460,6 +468,8 @@ impl Fetcher {
         let mut pending: VecDeque<Sample> = VecDeque::new();
         let mut next_pos: Option<ReadPos> = Some(keyframe.pos);
         let mut first = true;
+        let is_video = self.desc.kind == crate::manifest::TrackKind::Video;
+        run.last_dts = None;
         // A keyframe of this span, to drain the decoder with when the span ends.
         let mut span_keyframe: Option<Bytes> = None;
         run.media_end = media;
@@ -476,6 +486,17 @@ impl Fetcher {
                 next_pos = batch.next;
             }
             let Some(head) = pending.front().copied() else {
+                // The samples ran out: fine at the end of the media, damage anywhere else.
+                if let Some(duration) = index.info().duration {
+                    if run.media_end.saturating_add(MediaTime::from_secs(1)) < duration
+                        && end_media.is_none_or(|end| run.media_end < end)
+                    {
+                        return Err(Flow::Failed(format!(
+                            "the samples end at {} but the track lasts {duration}: the file is damaged",
+                            run.media_end
+                        )));
+                    }
+                }
                 return Ok(span.to_meeting(run.media_end));
             };
             if past_end(&head) {
@@ -495,7 +516,7 @@ impl Fetcher {
             let horizon = if first {
                 media
             } else {
-                span.to_media(self.cursor(run).saturating_add(self.buffer_target))
+                span.to_media(self.cursor(&mut *run).saturating_add(self.buffer_target))
             };
             let budget = self.sizer.request_bytes();
             let mut count = 0;
@@ -519,13 +540,18 @@ impl Fetcher {
             self.sizer.record(data.len() as u64, started.elapsed());
             let chunk = Chunk { base: src, start: head.offset, data };
             first = false;
+            // A video delta frame long after the frame before it cannot be decoded: the bytes
+            // in between were damaged and skipped by the index. Play up to there, then fail.
+            let damaged =
+                if is_video { find_damage(run.last_dts, pending.iter().take(count + 1)) } else { None };
+            let count = damaged.map_or(count, |at| at.min(count));
+            let horizon_samples = damaged.unwrap_or(pending.len());
             for i in 0..count {
                 let sample = pending[i];
-                let around = run
-                    .recent_pts
-                    .iter()
-                    .copied()
-                    .chain(pending.iter().skip(i + 1).take(REORDER_LOOKAHEAD).map(|s| s.pts));
+                run.last_dts = Some(sample.dts);
+                let around = run.recent_pts.iter().copied().chain(
+                    pending.iter().take(horizon_samples).skip(i + 1).take(REORDER_LOOKAHEAD).map(|s| s.pts),
+                );
                 let duration = presentation_duration(&sample, around).unwrap_or(run.last_duration);
                 if run.recent_pts.len() == REORDER_LOOKAHEAD {
                     run.recent_pts.pop_front();
@@ -543,6 +569,14 @@ impl Fetcher {
             }
             pending.drain(..count);
             self.publish(run, false);
+            if let (Some(_), Some(bad)) = (damaged, pending.front()) {
+                return Err(Flow::Failed(format!(
+                    "the samples jump from {} to a non-keyframe at {} (byte {}): the file is damaged",
+                    run.last_dts.unwrap_or_default(),
+                    bad.dts,
+                    bad.offset
+                )));
+            }
         }
     }
 
@@ -638,15 +672,20 @@ impl Fetcher {
         }
     }
 
-    /// Where the cursor is for this generation: the pipeline's position once it reflects the
-    /// seek, the target until then.
-    fn cursor(&self, run: &Run) -> MediaTime {
-        let slack = MediaTime::from_secs(1);
-        match (self.position)() {
-            Some(p) if p >= run.target.saturating_sub(slack) && p <= run.sent_until.saturating_add(slack) => {
-                p.max(run.target)
-            }
-            _ => run.target,
+    /// Where the cursor is for this generation: the pipeline's position once it has been seen
+    /// near the target (right after a seek the pipeline may still report where it was), the
+    /// target until then.
+    fn cursor(&self, run: &mut Run) -> MediaTime {
+        let Some(position) = (self.position)() else { return run.target };
+        if !run.position_seen {
+            let slack = MediaTime::from_secs(1);
+            run.position_seen =
+                position >= run.target.saturating_sub(slack) && position <= run.target.saturating_add(slack);
+        }
+        if run.position_seen {
+            position.max(run.target)
+        } else {
+            run.target
         }
     }
 
@@ -708,6 +747,18 @@ impl Fetcher {
             rtt: self.sizer.rtt(),
         });
     }
+}
+
+/// Index (into `samples`) of the first delta frame whose decode time jumps more than
+/// [`MAX_DELTA_JUMP`] past the sample before it (`last` before the first).
+fn find_damage<'a>(mut last: Option<MediaTime>, samples: impl Iterator<Item = &'a Sample>) -> Option<usize> {
+    for (i, sample) in samples.enumerate() {
+        if !sample.keyframe && last.is_some_and(|l| sample.dts > l.saturating_add(MAX_DELTA_JUMP)) {
+            return Some(i);
+        }
+        last = Some(sample.dts);
+    }
+    None
 }
 
 /// Sample frames at `rate` from `from` to `to` (zero when `to` is not after `from`).
