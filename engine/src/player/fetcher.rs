@@ -245,7 +245,10 @@ pub(crate) type Position = Arc<dyn Fn() -> Option<MediaTime> + Send + Sync>;
 pub(crate) struct Fetcher {
     pub(crate) desc: TrackDesc,
     pub(crate) index: Arc<TrackIndex>,
+    /// Where the index reads (cached: index walks re-read overlapping windows).
     pub(crate) source: Arc<dyn RangeSource>,
+    /// Where media data is read, once.
+    pub(crate) data_source: Arc<dyn RangeSource>,
     pub(crate) decoder: Option<AudioDecoder>,
     /// Media fetched ahead of the cursor before the fetcher pauses.
     pub(crate) buffer_target: MediaTime,

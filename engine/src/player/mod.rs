@@ -54,6 +54,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 mod audio;
+mod block_cache;
 mod branch;
 mod clock;
 mod events;
@@ -532,7 +533,8 @@ impl Inner {
         let desc = self.meeting.track(name).cloned().ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
         let stats = lock(&self.stats).entry(desc.name.clone()).or_default().clone();
         let raw = self.meeting.open_source(&desc)?;
-        let source: Arc<dyn RangeSource> = Arc::new(StatsSource { inner: raw, stats: stats.clone() });
+        let counted: Arc<dyn RangeSource> = Arc::new(StatsSource { inner: raw, stats: stats.clone() });
+        let source: Arc<dyn RangeSource> = Arc::new(block_cache::BlockCache::new(counted.clone()));
         let index = Arc::new(TrackIndex::open(name, source.as_ref())?);
         if desc.kind == TrackKind::Captions {
             let cues = load_cues(&index, source.as_ref(), &desc)?;
@@ -586,6 +588,7 @@ impl Inner {
             desc: desc.clone(),
             index: index.clone(),
             source: source.clone(),
+            data_source: counted,
             decoder,
             buffer_target: self.options.buffer_target,
             out: item_tx,

@@ -1,0 +1,131 @@
+//! A small cache of aligned blocks in front of a track's source, for the index's own reads.
+//!
+//! Index walks re-read overlapping windows (an Ogg walk starts a seek window before the page it
+//! resumes at; Matroska without Cues bisects; MP3 walks frame headers): over a slow or far link
+//! each repeat costs a round trip and its bytes again. Reads are served from the last
+//! [`CAPACITY`] blocks of [`BLOCK`] bytes; what is missing is fetched in one read per
+//! contiguous run. Media data itself does not come through here: the fetcher reads it once.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::source::{check_range, RangeSource, SourceError};
+
+/// Block size: small enough that a cold small read stays cheap.
+const BLOCK: u64 = 32 * 1024;
+/// Blocks kept (1 MiB).
+const CAPACITY: usize = 32;
+
+pub(crate) struct BlockCache {
+    inner: Arc<dyn RangeSource>,
+    /// Most recently used last.
+    blocks: Mutex<VecDeque<(u64, Bytes)>>,
+}
+
+impl BlockCache {
+    pub(crate) fn new(inner: Arc<dyn RangeSource>) -> BlockCache {
+        BlockCache { inner, blocks: Mutex::new(VecDeque::with_capacity(CAPACITY)) }
+    }
+
+    fn cached(&self, block: u64) -> Option<Bytes> {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let i = blocks.iter().position(|(b, _)| *b == block)?;
+        let entry = blocks.remove(i)?;
+        let data = entry.1.clone();
+        blocks.push_back(entry);
+        Some(data)
+    }
+
+    fn insert(&self, block: u64, data: Bytes) {
+        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        if blocks.len() == CAPACITY {
+            blocks.pop_front();
+        }
+        blocks.push_back((block, data));
+    }
+}
+
+impl RangeSource for BlockCache {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+        let size = self.inner.len();
+        check_range(start, len, size)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let (first, last) = (start / BLOCK, (start + len - 1) / BLOCK);
+        // Too big to keep: straight through.
+        if last - first + 1 > CAPACITY as u64 / 2 {
+            return self.inner.read_range(start, len);
+        }
+        let mut parts: Vec<Option<Bytes>> = (first..=last).map(|b| self.cached(b)).collect();
+        let mut b = first;
+        while b <= last {
+            if parts[(b - first) as usize].is_some() {
+                b += 1;
+                continue;
+            }
+            let run_start = b;
+            while b <= last && parts[(b - first) as usize].is_none() {
+                b += 1;
+            }
+            let from = run_start * BLOCK;
+            let to = (b * BLOCK).min(size);
+            let data = self.inner.read_range(from, to - from)?;
+            if data.len() as u64 != to - from {
+                return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
+            }
+            for block in run_start..b {
+                let at = ((block - run_start) * BLOCK) as usize;
+                let end = (at + BLOCK as usize).min(data.len());
+                let piece = data.slice(at..end);
+                self.insert(block, piece.clone());
+                parts[(block - first) as usize] = Some(piece);
+            }
+        }
+        let skip = (start - first * BLOCK) as usize;
+        if parts.len() == 1 {
+            let block = parts.pop().flatten().unwrap_or_default();
+            return Ok(block.slice(skip..skip + len as usize));
+        }
+        let mut out = BytesMut::with_capacity(len as usize);
+        let mut left = len as usize;
+        for (i, part) in parts.into_iter().enumerate() {
+            let part = part.unwrap_or_default();
+            let from = if i == 0 { skip } else { 0 };
+            let take = (part.len() - from).min(left);
+            out.extend_from_slice(&part[from..from + take]);
+            left -= take;
+        }
+        Ok(out.freeze())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::CountingSource;
+
+    #[test]
+    fn serves_overlapping_reads_from_blocks_and_fetches_only_what_is_missing() {
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+        let counted = Arc::new(CountingSource::new(Bytes::from(data.clone())));
+        let cache = BlockCache::new(counted.clone());
+        let a = cache.read_range(40_000, 100_000).expect("read");
+        assert_eq!(&a[..], &data[40_000..140_000]);
+        let before = counted.cost();
+        let b = cache.read_range(50_000, 60_000).expect("cached read");
+        assert_eq!(&b[..], &data[50_000..110_000]);
+        assert_eq!(counted.cost(), before, "a read inside cached blocks costs nothing");
+        let c = cache.read_range(120_000, 60_000).expect("partly cached");
+        assert_eq!(&c[..], &data[120_000..180_000]);
+        assert_eq!(counted.cost().reads, before.reads + 1);
+        assert_eq!(&cache.read_range(499_990, 10).expect("tail")[..], &data[499_990..]);
+        assert!(cache.read_range(499_990, 11).is_err());
+    }
+}
