@@ -508,7 +508,6 @@ struct Link {
 }
 
 struct Throttled {
-    name: std::sync::Arc<str>,
     inner: std::sync::Arc<dyn tandem::RangeSource>,
     link: std::sync::Arc<Link>,
 }
@@ -542,9 +541,7 @@ fn throttled_meeting(times: f64) -> Result<Meeting> {
         bytes_per_sec: bytes as f64 / seconds * times,
         free_at: std::sync::Mutex::new(Instant::now()),
     });
-    Ok(meeting.wrap_sources(move |desc, inner| {
-        std::sync::Arc::new(Throttled { name: desc.name.clone(), inner, link: link.clone() })
-    }))
+    Ok(meeting.wrap_sources(move |_, inner| std::sync::Arc::new(Throttled { inner, link: link.clone() })))
 }
 
 #[test]

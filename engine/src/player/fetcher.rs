@@ -42,6 +42,8 @@ const REORDER_LOOKAHEAD: usize = 16;
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
 /// A video delta frame this far after the previous frame has lost its references.
 const MAX_DELTA_JUMP: MediaTime = MediaTime::from_secs(2);
+/// Frames a reordering decoder may hold back (see `Fetcher::advance`).
+const REORDER_HELD: i64 = 3;
 /// Keyframe copies that drain a reordering decoder (see `Fetcher::drain_decoder`).
 const DRAIN_COPIES: i64 = 3;
 /// How often buffer figures are published.
@@ -537,7 +539,8 @@ impl Fetcher {
                 count += 1;
             }
             let started = Instant::now();
-            let data = src
+            let data = self
+                .data_source
                 .read_range(head.offset, range_end - head.offset)
                 .map_err(|e| Flow::Failed(format!("reading bytes {}..{range_end}: {e}", head.offset)))?;
             self.sizer.record(data.len() as u64, started.elapsed());
@@ -668,7 +671,14 @@ impl Fetcher {
     fn advance(&mut self, run: &mut Run, end: MediaTime, bytes: u64) {
         if end > run.sent_until {
             run.sent_until = end;
-            self.stats.buffered_until.store(end.as_nanos(), Ordering::Relaxed);
+            // A reordering decoder (B-frames) outputs a frame only once later ones arrived:
+            // the last few frames handed on are not playable yet.
+            let held = if bytes > 0 && matches!(self.index.info().codec, Codec::H264 | Codec::H265) {
+                MediaTime::from_nanos(run.last_duration.as_nanos().saturating_mul(REORDER_HELD))
+            } else {
+                MediaTime::ZERO
+            };
+            self.stats.buffered_until.store(end.saturating_sub(held).as_nanos(), Ordering::Relaxed);
         }
         if bytes > 0 {
             run.in_flight.push_back((end, bytes));

@@ -252,7 +252,8 @@ impl Player {
         lock(&inner.threads).extend([bus, watcher]);
         inner.pipeline.set_state(gst::State::Paused).map_err(|e| gst_err(format!("pausing: {e}")))?;
         inner.wait_settled()?;
-        if inner.options.start_at > MediaTime::ZERO || inner.has_media() {
+        // Prerolling started every track at zero; anywhere else is a seek.
+        if inner.options.start_at > MediaTime::ZERO {
             player.seek(inner.options.start_at, SeekMode::Accurate)?;
         }
         Ok(player)
