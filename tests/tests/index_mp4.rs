@@ -74,8 +74,8 @@ fn keyframes_match_ffprobe_for_every_muxer_layout() {
     // (ffmpeg 5.1's own demuxer misreads its global_sidx output, so sidx.mp4 is checked
     // against our walk in the seek test instead.)
     for name in ["end.mp4", "faststart.mp4", "frag.mp4", "audio.m4a", "gst.mp4", "gstfrag.mp4"] {
-        let report = check_against_ffprobe(&files.path(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert!(report.ours > 0, "{name}: {report:?}");
+        // The oracle fails on an empty index itself.
+        check_against_ffprobe(&files.path(name)).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     }
 }
 
