@@ -355,27 +355,27 @@ struct Inner<R, L> {
     shutdown_timeout: Duration,
 }
 
-/// Open connections per peer; a [`PeerSlot`] gives its place back when dropped.
+/// Open connections per peer; a [`PeerShare`] gives its place back when dropped.
 type PeerCounts = Arc<Mutex<HashMap<NodeId, usize>>>;
 
-struct PeerSlot {
+struct PeerShare {
     counts: PeerCounts,
     peer: NodeId,
 }
 
-impl PeerSlot {
-    fn take(counts: &PeerCounts, peer: NodeId, max: usize) -> Option<PeerSlot> {
+impl PeerShare {
+    fn take(counts: &PeerCounts, peer: NodeId, max: usize) -> Option<PeerShare> {
         let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
         let n = map.entry(peer).or_insert(0);
         if *n >= max {
             return None;
         }
         *n += 1;
-        Some(PeerSlot { counts: counts.clone(), peer })
+        Some(PeerShare { counts: counts.clone(), peer })
     }
 }
 
-impl Drop for PeerSlot {
+impl Drop for PeerShare {
     fn drop(&mut self) {
         let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = map.get_mut(&self.peer) {
@@ -428,7 +428,7 @@ async fn accept_loop<R: Resolver, L: Loader>(
                         Err(_) => return tracing::debug!("handshake timed out"),
                     };
                     drop(handshake);
-                    let Some((_slot, _peer_slot)) = admit(&conn, &inner, &slots, &per_peer) else { return };
+                    let Some((_slot, _peer_share)) = admit(&conn, &inner, &slots, &per_peer) else { return };
                     serve_connection(conn, inner, shutdown).await;
                 });
             }
@@ -448,7 +448,7 @@ fn admit<R, L>(
     inner: &Inner<R, L>,
     slots: &Arc<Semaphore>,
     per_peer: &PeerCounts,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, PeerSlot)> {
+) -> Option<(tokio::sync::OwnedSemaphorePermit, PeerShare)> {
     let Ok(peer) = conn.remote_node_id() else {
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"no peer identity");
         return None;
@@ -457,7 +457,7 @@ fn admit<R, L>(
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"not on this server's allow-list");
         return None;
     }
-    let Some(peer_slot) = PeerSlot::take(per_peer, peer, inner.max_per_peer) else {
+    let Some(peer_share) = PeerShare::take(per_peer, peer, inner.max_per_peer) else {
         tracing::debug!(%peer, "refusing a connection: the peer already holds {}", inner.max_per_peer);
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections from this peer");
         return None;
@@ -467,7 +467,7 @@ fn admit<R, L>(
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections");
         return None;
     };
-    Some((slot, peer_slot))
+    Some((slot, peer_share))
 }
 
 async fn serve_connection<R: Resolver, L: Loader>(
