@@ -7,6 +7,13 @@
 //! file: FileSource::read_range (pread, page cache)
 //! ```
 //!
+//! Per `stream.read_range` the server (through `FolderProvider`) resolves the stream: one
+//! `stat` of `meeting.json` (parsed again only when its modification time or length changed),
+//! a `canonicalize` of the meeting folder and of each track file, a `stat` of each track file;
+//! then loads: the same folder and manifest checks, a `canonicalize` and `open` of the track
+//! file and one `pread` of the range on a blocking thread. Nothing else is cached, so a file
+//! replaced on disk is served as it is now.
+//!
 //! For each chunk size: throughput (MB/s) with one request in flight and with 4 in flight,
 //! request latency p50/p99, and ours/raw ratios; then connection set-up time (bind + dial +
 //! first `stream.get`). Loops are bounded by count and by time, so the whole run takes about a

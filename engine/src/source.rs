@@ -19,6 +19,10 @@ pub enum SourceError {
     Io { start: u64, len: u64, message: String },
     #[error("remote read {start}+{len} failed: {message}")]
     Remote { start: u64, len: u64, message: String },
+    /// The source answered a read with a different number of bytes than asked for (an
+    /// embedder's source that stops early, or a peer that lies).
+    #[error("read {start}+{len} returned {got} bytes")]
+    ShortRead { start: u64, len: u64, got: u64 },
 }
 
 /// A byte stream of known length that can be read at any offset.
@@ -60,6 +64,27 @@ pub fn check_range(start: u64, len: u64, size: u64) -> Result<(), SourceError> {
     match start.checked_add(len) {
         Some(end) if end <= size => Ok(()),
         _ => Err(SourceError::OutOfRange { start, len, size }),
+    }
+}
+
+/// Holds a source to the [`RangeSource`] contract: every read returns exactly the bytes asked
+/// for, or [`SourceError::ShortRead`]. The indexes read through it, so a source that returns
+/// fewer (or more) bytes than asked is a typed error where reads enter the parsers, never an
+/// out-of-bounds slice inside them.
+#[derive(Debug, Clone, Copy)]
+pub struct ExactReads<S>(pub S);
+
+impl<S: RangeSource> RangeSource for ExactReads<S> {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+        let data = self.0.read_range(start, len)?;
+        if data.len() as u64 != len {
+            return Err(SourceError::ShortRead { start, len, got: data.len() as u64 });
+        }
+        Ok(data)
     }
 }
 
@@ -175,5 +200,26 @@ mod tests {
         assert_eq!(&src.read_range(7, 6).expect("read")[..], b"ranges");
         assert!(src.read_range(10, 4).is_err());
         assert_eq!(src.cost(), ReadCost { bytes: 6, reads: 1 });
+    }
+
+    /// Answers every read with one byte less than asked.
+    struct Stingy(Bytes);
+
+    impl RangeSource for Stingy {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+            let data = self.0.read_range(start, len)?;
+            Ok(data.slice(..data.len().saturating_sub(1)))
+        }
+    }
+
+    #[test]
+    fn exact_reads_turns_a_short_read_into_a_typed_error() {
+        let src = ExactReads(Stingy(Bytes::from_static(b"0123456789")));
+        assert_eq!(src.read_range(2, 4), Err(SourceError::ShortRead { start: 2, len: 4, got: 3 }));
+        let exact = ExactReads(Bytes::from_static(b"0123456789"));
+        assert_eq!(&exact.read_range(2, 4).expect("exact")[..], b"2345");
     }
 }

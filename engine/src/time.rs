@@ -86,11 +86,22 @@ impl MediaTime {
         MediaTime(self.0.saturating_sub(other.0))
     }
 
-    /// Parses `90`, `90.5`, `1:30`, `01:02:03.250` or `1500ms` into a time.
+    /// Parses `90`, `90.5`, `1:30`, `01:02:03.250` or `1500ms` into a time; a leading `-`
+    /// negates the whole of it (`-1.5` is minus one and a half seconds). Signs anywhere else
+    /// are refused.
     pub fn parse(text: &str) -> Option<MediaTime> {
         let text = text.trim();
+        let (negative, text) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let magnitude = Self::parse_unsigned(text)?;
+        Some(if negative { MediaTime(magnitude.0.checked_neg()?) } else { magnitude })
+    }
+
+    fn parse_unsigned(text: &str) -> Option<MediaTime> {
         if let Some(ms) = text.strip_suffix("ms") {
-            return ms.trim().parse::<i64>().ok().map(MediaTime::from_millis);
+            return parse_digits(ms.trim()).map(MediaTime::from_millis);
         }
         let text = text.strip_suffix('s').unwrap_or(text);
         let mut total_ms: i64 = 0;
@@ -100,16 +111,21 @@ impl MediaTime {
         }
         for (i, part) in parts.iter().enumerate() {
             let last = i == parts.len() - 1;
-            let value_ms = if last {
-                parse_decimal_millis(part)?
-            } else {
-                part.parse::<i64>().ok()?.checked_mul(1000)?
-            };
+            let value_ms =
+                if last { parse_decimal_millis(part)? } else { parse_digits(part)?.checked_mul(1000)? };
             total_ms = total_ms.checked_mul(if i == 0 { 1 } else { 60 })?;
             total_ms = total_ms.checked_add(value_ms)?;
         }
         Some(MediaTime::from_millis(total_ms))
     }
+}
+
+/// A non-negative decimal integer of ASCII digits only (no sign, no spaces).
+fn parse_digits(text: &str) -> Option<i64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// `"12.345"` -> 12345 milliseconds, without going through floats.
@@ -121,7 +137,7 @@ fn parse_decimal_millis(text: &str) -> Option<i64> {
     if whole.is_empty() && frac.is_empty() {
         return None;
     }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: i64 = if whole.is_empty() { 0 } else { parse_digits(whole)? };
     if !frac.chars().all(|c| c.is_ascii_digit()) {
         return None;
     }
@@ -179,5 +195,17 @@ mod tests {
         assert_eq!(MediaTime::parse("x"), None);
         assert_eq!(MediaTime::parse("1:2:3:4"), None);
         assert_eq!(format!("{}", MediaTime::from_millis(61_005)), "1:01.005");
+    }
+
+    #[test]
+    fn a_leading_minus_negates_the_whole_time() {
+        assert_eq!(MediaTime::parse("-1.5"), Some(MediaTime::from_millis(-1_500)));
+        assert_eq!(MediaTime::parse("-0.25s"), Some(MediaTime::from_millis(-250)));
+        assert_eq!(MediaTime::parse("-1:30"), Some(MediaTime::from_millis(-90_000)));
+        assert_eq!(MediaTime::parse("-200ms"), Some(MediaTime::from_millis(-200)));
+        // Signs inside a time, or twice, are not times.
+        for bad in ["1:-30", "--1", "+5", "1.-5", "-", "1:+3", "- 5"] {
+            assert_eq!(MediaTime::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -94,15 +94,26 @@ pub fn ffmpeg(args: &[&str]) -> Result<()> {
 pub struct OracleReport {
     pub ours: usize,
     pub theirs: usize,
+    /// Audio: how many packets were compared one for one (0 for video and captions).
+    pub packets: usize,
     pub open_bytes: u64,
     pub open_reads: u64,
 }
 
+/// Files (by name) for which ffprobe reports no byte position for some keyframes, so their
+/// byte ranges cannot be checked against it; every other file must have positions. None of
+/// the committed fixtures or generated test files needs this today (checked with ffprobe
+/// 5.1); a file added here must say why.
+pub const FILES_WITHOUT_POSITIONS: &[&str] = &[];
+
 /// Opens `path` with our index and checks its keyframes against ffprobe's packets:
-/// - video: the same keyframes, one for one, at the same times (within 1 ms);
-/// - audio and captions (every packet is a sync point): each of our keyframes is one of
-///   ffprobe's packets (within 1 ms), and at least one exists;
-/// - every keyframe's byte range covers the position ffprobe reports for that packet.
+/// - every one of our keyframes is matched to its own ffprobe keyframe (one to one, in
+///   time order, within 1 ms);
+/// - video: the same number of keyframes;
+/// - audio: every packet, one for one: our samples from the first keyframe to the end are
+///   ffprobe's packets, same count, same times (within 1 ms);
+/// - every keyframe's byte range covers the position ffprobe reports for that packet; a
+///   file without positions fails unless it is listed in [`FILES_WITHOUT_POSITIONS`].
 pub fn check_against_ffprobe(path: &Path) -> Result<OracleReport> {
     check_against_ffprobe_shifted(path, 0.0)
 }
@@ -129,12 +140,20 @@ pub fn check_against_ffprobe_shifted(path: &Path, ffmpeg_shift_ms: f64) -> Resul
             theirs.iter().map(|p| p.pts_ms.unwrap_or(f64::NAN)).collect::<Vec<_>>()
         );
     }
+    let mut theirs_sorted = theirs.clone();
+    theirs_sorted.sort_by(|a, b| a.pts_ms.unwrap_or(f64::NAN).total_cmp(&b.pts_ms.unwrap_or(f64::NAN)));
+    let mut next_unmatched = 0;
     for keyframe in &ours {
         let ms = keyframe.pts.as_nanos() as f64 / 1e6 + ffmpeg_shift_ms;
-        let matched = theirs.iter().find(|p| (p.pts_ms.unwrap_or(f64::NAN) - ms).abs() <= 1.0);
-        let Some(packet) = matched else {
-            bail!("{name}: our keyframe at {ms:.3} ms is not an ffprobe keyframe");
+        // One to one: each of ffprobe's keyframes matches at most one of ours.
+        let found = theirs_sorted[next_unmatched..]
+            .iter()
+            .position(|p| (p.pts_ms.unwrap_or(f64::NAN) - ms).abs() <= 1.0);
+        let Some(i) = found else {
+            bail!("{name}: our keyframe at {ms:.3} ms is not an (unmatched) ffprobe keyframe");
         };
+        let packet = theirs_sorted[next_unmatched + i];
+        next_unmatched += i + 1;
         if index.info().codec.is_text() {
             // ffmpeg 5.1's WebVTT demuxer reports the position after the cue, not of it; check
             // instead that our range holds the cue's own timing line.
@@ -146,6 +165,8 @@ pub fn check_against_ffprobe_shifted(path: &Path, ffmpeg_shift_ms: f64) -> Resul
                     keyframe.size
                 );
             }
+        } else if packet.pos.is_none() && !FILES_WITHOUT_POSITIONS.contains(&name.as_str()) {
+            bail!("{name}: ffprobe gives no position for the keyframe at {ms:.3} ms");
         } else if let Some(pos) = packet.pos {
             let end = keyframe.offset + keyframe.size;
             if !(keyframe.offset <= pos && pos < end) {
@@ -156,10 +177,40 @@ pub fn check_against_ffprobe_shifted(path: &Path, ffmpeg_shift_ms: f64) -> Resul
             }
         }
     }
+    let mut compared = 0;
+    // Vorbis is left out of the packet-for-packet check: it finds our times for the packets
+    // after a long-to-short block switch at a page boundary off from ffprobe's (in the
+    // fixture mixed_audio.ogg, packet 50: ours 980.000 ms, ffprobe 989.333 ms), an open
+    // discrepancy to settle in the Ogg index, not to hide with a tolerance here.
+    if index.info().codec.is_audio() && index.info().codec != tandem::index::Codec::Vorbis {
+        let mut samples = Vec::new();
+        let mut pos = ours.iter().min_by_key(|k| k.pts).map(|k| k.pos);
+        while let Some(at) = pos {
+            let batch = index.samples(&src, at, 4096)?;
+            if batch.samples.is_empty() {
+                break;
+            }
+            samples.extend(batch.samples);
+            pos = batch.next;
+        }
+        let mut probe: Vec<f64> = packets.iter().filter_map(|p| p.pts_ms).collect();
+        probe.sort_by(f64::total_cmp);
+        if samples.len() != probe.len() {
+            bail!("{name}: {} audio packets, ffprobe has {}", samples.len(), probe.len());
+        }
+        for (i, (sample, theirs_ms)) in samples.iter().zip(&probe).enumerate() {
+            let ms = sample.pts.as_nanos() as f64 / 1e6 + ffmpeg_shift_ms;
+            if (ms - theirs_ms).abs() > 1.0 {
+                bail!("{name}: packet {i} at {ms:.3} ms, ffprobe has it at {theirs_ms:.3} ms");
+            }
+        }
+        compared = samples.len();
+    }
     let cost = index.open_cost();
     Ok(OracleReport {
         ours: ours.len(),
         theirs: theirs.len(),
+        packets: compared,
         open_bytes: cost.bytes,
         open_reads: cost.reads,
     })

@@ -18,9 +18,8 @@ fn every_committed_track_matches_ffprobe() {
         assert!(manifest.tracks.len() >= 5, "{meeting} has {} tracks", manifest.tracks.len());
         for track in &manifest.tracks {
             let path = folder.join(track.file());
-            let report =
-                check_against_ffprobe(&path).unwrap_or_else(|e| panic!("{meeting}/{}: {e:#}", track.name));
-            assert!(report.ours > 0, "{meeting}/{}: {report:?}", track.name);
+            // The oracle fails on an empty index itself.
+            check_against_ffprobe(&path).unwrap_or_else(|e| panic!("{meeting}/{}: {e:#}", track.name));
         }
     }
 }

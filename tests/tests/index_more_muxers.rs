@@ -30,9 +30,8 @@ fn check_shifted(name: &str, inputs: &[&[&str]], options: &[&str], codec: Codec,
     args.extend_from_slice(options);
     args.push(&out);
     ffmpeg(&args).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    let report =
-        check_against_ffprobe_shifted(&path, ffmpeg_shift_ms).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-    assert!(report.ours > 0, "{name}");
+    // The oracle fails on an empty index itself.
+    check_against_ffprobe_shifted(&path, ffmpeg_shift_ms).unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let src = FileSource::open(&path).expect("open");
     let index = TrackIndex::open(name, &src).expect("index");
     assert_eq!(index.info().codec, codec, "{name}");

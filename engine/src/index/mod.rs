@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::source::{CountingSource, RangeSource, ReadCost, SourceError};
+use crate::source::{CountingSource, ExactReads, RangeSource, ReadCost, SourceError};
 use crate::time::MediaTime;
 
 pub mod mkv;
@@ -246,7 +246,7 @@ impl TrackIndex {
     /// Detects the container from its bytes and builds the index, counting what it reads.
     pub fn open(track: &str, src: &dyn RangeSource) -> Result<TrackIndex, IndexError> {
         let track: Arc<str> = Arc::from(track);
-        let counted = CountingSource::new(src);
+        let counted = CountingSource::new(ExactReads(src));
         let inner =
             open_with(&counted, None).map_err(|source| IndexError { track: track.clone(), source })?;
         Ok(TrackIndex { track, inner, open_cost: counted.cost() })
@@ -260,7 +260,7 @@ impl TrackIndex {
         container: Container,
     ) -> Result<TrackIndex, IndexError> {
         let track: Arc<str> = Arc::from(track);
-        let counted = CountingSource::new(src);
+        let counted = CountingSource::new(ExactReads(src));
         let inner = open_with(&counted, Some(container))
             .map_err(|source| IndexError { track: track.clone(), source })?;
         Ok(TrackIndex { track, inner, open_cost: counted.cost() })
@@ -284,12 +284,15 @@ impl TrackIndex {
         self.open_cost
     }
 
+    // Every entry point reads through `ExactReads`: the parsers may then rely on a read
+    // returning the bytes they asked for, whatever the embedder's source does.
+
     pub fn keyframes(&self, src: &dyn RangeSource) -> Result<Vec<Keyframe>, IndexError> {
-        self.inner.keyframes(src).map_err(|e| self.err(e))
+        self.inner.keyframes(&ExactReads(src)).map_err(|e| self.err(e))
     }
 
     pub fn seek(&self, src: &dyn RangeSource, t: MediaTime) -> Result<Keyframe, IndexError> {
-        self.inner.seek(src, t).map_err(|e| self.err(e))
+        self.inner.seek(&ExactReads(src), t).map_err(|e| self.err(e))
     }
 
     pub fn samples(
@@ -298,11 +301,11 @@ impl TrackIndex {
         from: ReadPos,
         max: usize,
     ) -> Result<SampleBatch, IndexError> {
-        self.inner.samples(src, from, max).map_err(|e| self.err(e))
+        self.inner.samples(&ExactReads(src), from, max).map_err(|e| self.err(e))
     }
 
     pub fn sample_data(&self, src: &dyn RangeSource, sample: &Sample) -> Result<Bytes, IndexError> {
-        self.inner.sample_data(src, sample).map_err(|e| self.err(e))
+        self.inner.sample_data(&ExactReads(src), sample).map_err(|e| self.err(e))
     }
 
     /// The keyframe at or before `t` and the byte range, from that keyframe to the end of the
@@ -475,6 +478,11 @@ impl fmt::Debug for WindowReader<'_> {
 impl<'a> WindowReader<'a> {
     pub(crate) fn new(src: &'a dyn RangeSource, window: u64) -> WindowReader<'a> {
         WindowReader { src, window: window.max(1), buf: Bytes::new(), buf_start: 0 }
+    }
+
+    /// A window reader whose first window is `head`, bytes already read from the start.
+    pub(crate) fn with_buffer(src: &'a dyn RangeSource, window: u64, head: Bytes) -> WindowReader<'a> {
+        WindowReader { src, window: window.max(1), buf: head, buf_start: 0 }
     }
 
     pub(crate) fn len(&self) -> u64 {

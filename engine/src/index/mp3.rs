@@ -58,6 +58,9 @@ const VERIFY_WINDOW: u64 = 4096;
 const FIRST_FRAME_READ: u64 = 4096;
 /// How far past a damaged spot we look for the next frame before giving up.
 const MAX_RESYNC: u64 = 64 * 1024;
+/// Frames a walk reads before offering them to the shared table (about a window's worth at
+/// 128 kbit/s).
+const WALK_STEP: usize = 2048;
 
 /// A decoded layer III frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,8 +301,10 @@ pub(crate) struct Mp3Index {
     audio_start: u64,
     /// Set when the stream says it is constant bitrate (no Xing/VBRI header, or LAME's Info).
     cbr: Option<CbrLayout>,
-    /// The frame table, walked lazily and only as far as a call needs. Held across the reads
-    /// that extend it, so two threads never walk the same bytes.
+    /// The frame table, walked lazily and only as far as a call needs. Never held across a
+    /// read: a walk extends a copy of the table's end in steps of [`WALK_STEP`] frames and
+    /// appends them if the table has not moved on meanwhile, so a seek into what is already
+    /// walked never waits behind another thread's network reads.
     table: Mutex<Prefix>,
     /// Encoder delay from the LAME tag, in samples: what a decoder trims at the start.
     encoder_delay: Option<u64>,
@@ -398,25 +403,37 @@ impl Mp3Index {
         src: &dyn RangeSource,
         enough: impl Fn(&[FrameRef]) -> bool,
     ) -> Result<MutexGuard<'_, Prefix>, ParseError> {
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if table.done || enough(&table.frames) {
-            return Ok(table);
-        }
         let mut wr = WindowReader::new(src, FRAME_WINDOW);
-        let mut pos = table.next;
-        while !enough(&table.frames) {
-            match self.next_frame(&mut wr, &mut pos)? {
-                Some(f) => {
-                    table.frames.push(f);
-                    table.next = pos;
+        loop {
+            let start = {
+                let table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+                if table.done || enough(&table.frames) {
+                    return Ok(table);
                 }
-                None => {
-                    table.done = true;
-                    break;
+                table.next
+            };
+            // Walk a step with the lock released.
+            let mut pos = start;
+            let mut step = Vec::new();
+            let mut done = false;
+            while step.len() < WALK_STEP {
+                match self.next_frame(&mut wr, &mut pos)? {
+                    Some(f) => step.push(f),
+                    None => {
+                        done = true;
+                        break;
+                    }
                 }
             }
+            let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            // Another walk may have extended the table meanwhile: keep ours only if it
+            // continues the table where it ends now (else theirs already holds these frames).
+            if table.next == start && !table.done {
+                table.frames.extend_from_slice(&step);
+                table.next = pos;
+                table.done = done;
+            }
         }
-        Ok(table)
     }
 
     /// The frame at `*pos`, or after the damaged bytes there; `None` at the end of the stream.
@@ -672,6 +689,7 @@ mod tests {
     use super::*;
     use crate::index::TrackIndex;
     use bytes::Bytes;
+    use std::sync::Arc;
 
     /// A 128 kbps 44.1 kHz MPEG-1 stereo frame header (417 bytes, 418 padded).
     fn header(padding: bool) -> [u8; 4] {
@@ -706,6 +724,80 @@ mod tests {
         ]);
         t.resize(10 + size as usize, 0);
         t
+    }
+
+    /// A source whose reads past `gate_at` wait until the gate opens.
+    struct Gated {
+        data: Bytes,
+        gate_at: u64,
+        open: Mutex<bool>,
+        opened: std::sync::Condvar,
+        waiting: std::sync::atomic::AtomicBool,
+    }
+
+    impl Gated {
+        fn release(&self) {
+            *self.open.lock().unwrap_or_else(PoisonError::into_inner) = true;
+            self.opened.notify_all();
+        }
+    }
+
+    impl RangeSource for Gated {
+        fn len(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn read_range(&self, start: u64, len: u64) -> Result<Bytes, crate::source::SourceError> {
+            if start.saturating_add(len) > self.gate_at {
+                self.waiting.store(true, std::sync::atomic::Ordering::SeqCst);
+                let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+                while !*open {
+                    open = self.opened.wait(open).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            self.data.read_range(start, len)
+        }
+    }
+
+    #[test]
+    fn a_seek_into_walked_frames_does_not_wait_behind_another_walk() {
+        // A VBR (Xing) stream of 6000 frames, 2.5 MB: no constant-bitrate shortcut, so seeks
+        // use the frame table.
+        let mut data = xing_frame(6000);
+        for i in 0..6000 {
+            data.extend(frame(i % 3 == 0));
+        }
+        let src = Arc::new(Gated {
+            data: Bytes::from(data),
+            gate_at: 2 * FRAME_WINDOW,
+            open: Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            waiting: std::sync::atomic::AtomicBool::new(false),
+        });
+        let index = Arc::new(TrackIndex::open("t", &*src).expect("opens"));
+        // One thread walks the whole stream and stalls on a read past the first window.
+        let walker = {
+            let (index, src) = (index.clone(), src.clone());
+            std::thread::spawn(move || index.keyframes(&*src).map(|k| k.len()))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !src.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "the walk never reached the gate");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // Meanwhile a seek to 1 s (frame 38, inside the first window) must not wait for it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let (index, src) = (index.clone(), src.clone());
+            std::thread::spawn(move || {
+                let _ = tx.send(index.seek(&*src, MediaTime::from_secs(1)).map(|k| k.pos.sample));
+            });
+        }
+        let seek = rx.recv_timeout(std::time::Duration::from_secs(5));
+        src.release();
+        let frames = walker.join().expect("walker").expect("keyframes");
+        assert_eq!(frames, 6000);
+        let sample = seek.expect("the seek waited behind the walk's stalled read").expect("seek");
+        assert_eq!(sample, 38);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! which is most of this module. What we need, byte offsets per sample and control over each
 //! range read (a network round trip), is the part no crate gives.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use bytes::Bytes;
 
 use super::{
@@ -33,6 +35,13 @@ const MAX_MOOF: u64 = 64 * 1024 * 1024;
 /// Upper bound on the top-level boxes walked to find `moov`, so a file of millions of tiny boxes
 /// cannot keep opening busy forever.
 const MAX_TOP_LEVEL_BOXES: usize = 100_000;
+/// Most samples one track's `moov` tables may describe: 10 hours at 100 samples a second is
+/// 3.6 million. Each costs 32 bytes expanded, so a forged table costs at most 128 MiB.
+const MAX_TABLE_SAMPLES: usize = 4 * 1024 * 1024;
+/// Most samples one `moof` may describe, whatever its runs claim: samples per byte of the
+/// `moof` (a run of default-sized samples costs no bytes per sample), and an absolute cap.
+const MOOF_SAMPLES_PER_BYTE: u64 = 16;
+const MAX_MOOF_SAMPLES: u64 = 256 * 1024;
 
 /// The first box is one an MP4 file starts with.
 pub(crate) fn is_mp4(head: &[u8]) -> bool {
@@ -119,6 +128,13 @@ fn box_name(kind: &[u8; 4]) -> &'static str {
         "esds", "dOps", "av1C", "dfLa", "free", "skip", "uuid",
     ];
     KNOWN.iter().copied().find(|k| k.as_bytes() == kind).unwrap_or("box")
+}
+
+/// A tick count read from the file as a signed count, or a typed error naming the box: a
+/// value above `i64::MAX` would otherwise wrap into a negative time.
+fn signed_ticks(value: u64, element: &'static str, offset: u64) -> Result<i64, ParseError> {
+    i64::try_from(value)
+        .map_err(|_| ParseError::malformed(element, offset, format!("{value} ticks do not fit in 63 bits")))
 }
 
 /// Iterates the child boxes of a body held in memory.
@@ -224,6 +240,14 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_be_bytes(be))
     }
 
+    /// A signed 64-bit field (as the spec declares it, e.g. an edit's media time).
+    fn i64(&mut self) -> Result<i64, ParseError> {
+        let b = self.take(8)?;
+        let mut be = [0u8; 8];
+        be.copy_from_slice(b);
+        Ok(i64::from_be_bytes(be))
+    }
+
     /// Version byte and 24-bit flags of a full box.
     fn full_box(&mut self) -> Result<(u8, u32), ParseError> {
         Ok((self.u8()?, self.u24()?))
@@ -298,6 +322,21 @@ pub(crate) struct Mp4Index {
     table: Vec<TableSample>,
     /// Present for fragmented files.
     fragments: Option<Fragments>,
+    /// What reading fragments has taught so far (fragmented files only). Filled without the
+    /// lock held across reads: two threads may both read, the first to finish keeps its copy.
+    learned: Mutex<Learned>,
+}
+
+/// Kept from walks of a fragmented file, as the MP3 index keeps its frame table: a seek or a
+/// batch of samples does not re-read what an earlier one already read.
+#[derive(Debug, Default)]
+struct Learned {
+    /// Every fragment's `moof` offset, from a walk of top-level box headers.
+    offsets: Option<Arc<Vec<u64>>>,
+    /// The keyframes of every fragment, in file order.
+    keyframes: Option<Arc<Vec<Keyframe>>>,
+    /// The last `moof` expanded: consecutive sample batches read from the same fragment.
+    last_moof: Option<(BoxHeader, Arc<Vec<TableSample>>)>,
 }
 
 #[derive(Debug)]
@@ -379,7 +418,13 @@ impl Mp4Index {
                     if version == 1 {
                         c.skip(16)?;
                         movie_timescale = u64::from(c.u32()?);
-                        movie_duration = c.u64()?;
+                        movie_duration = match c.u64()? {
+                            u64::MAX => 0, // unknown
+                            d => {
+                                signed_ticks(d, "mvhd", header.offset)?;
+                                d
+                            }
+                        };
                     } else {
                         c.skip(8)?;
                         movie_timescale = u64::from(c.u32()?);
@@ -408,8 +453,7 @@ impl Mp4Index {
         if movie_timescale == 0 {
             return Err(ParseError::malformed("mvhd", base, "movie timescale is zero"));
         }
-        let edit_delay =
-            MediaTime::from_ticks(trak.edit_empty as i64, movie_timescale).unwrap_or(MediaTime::ZERO);
+        let edit_delay = MediaTime::from_ticks(trak.edit_empty, movie_timescale).unwrap_or(MediaTime::ZERO);
 
         let fragments = match mvex {
             Some((header, data)) => {
@@ -427,7 +471,10 @@ impl Mp4Index {
                     } else if h.is(b"mehd") {
                         let (version, _) = c.full_box()?;
                         let d = if version == 1 { c.u64()? } else { u64::from(c.u32()?) };
-                        fragment_duration = Some(d);
+                        if d != u64::MAX {
+                            signed_ticks(d, "mehd", h.offset)?;
+                            fragment_duration = Some(d);
+                        }
                     }
                 }
                 if let Some(d) = fragment_duration.filter(|&d| d > 0) {
@@ -439,9 +486,9 @@ impl Mp4Index {
         };
 
         let duration = if trak.media_duration > 0 && trak.timescale > 0 && fragments.is_none() {
-            MediaTime::from_ticks(trak.media_duration as i64, trak.timescale)
+            MediaTime::from_ticks(trak.media_duration, trak.timescale)
         } else if movie_duration > 0 && movie_duration != u64::from(u32::MAX) {
-            MediaTime::from_ticks(movie_duration as i64, movie_timescale)
+            MediaTime::from_ticks(signed_ticks(movie_duration, "mvhd", base)?, movie_timescale)
         } else {
             None
         };
@@ -462,6 +509,7 @@ impl Mp4Index {
             edit_delay,
             table: trak.samples,
             fragments,
+            learned: Mutex::new(Learned::default()),
         })
     }
 
@@ -509,13 +557,23 @@ impl Mp4Index {
             .collect()
     }
 
-    /// Reads and expands the fragment whose `moof` starts at `moof_offset`.
+    fn learned(&self) -> std::sync::MutexGuard<'_, Learned> {
+        self.learned.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads and expands the fragment whose `moof` starts at `moof_offset` (or takes it from
+    /// the last one expanded).
     fn read_fragment(
         &self,
         src: &dyn RangeSource,
         moof_offset: u64,
         fragments: &Fragments,
-    ) -> Result<(BoxHeader, Vec<TableSample>), ParseError> {
+    ) -> Result<(BoxHeader, Arc<Vec<TableSample>>), ParseError> {
+        if let Some((header, samples)) = &self.learned().last_moof {
+            if header.offset == moof_offset {
+                return Ok((*header, samples.clone()));
+            }
+        }
         let reader = Reader::new(src, Bytes::new());
         let head = reader.read_up_to(moof_offset, 16, "box header")?;
         let header = parse_box_header(&head, moof_offset, src.len())?;
@@ -531,15 +589,23 @@ impl Mp4Index {
             });
         }
         let body = reader.read(header.body_offset(), header.body_len(), "moof")?;
-        let samples = parse_moof(&body, header, self.track_id, fragments.defaults)?;
+        let samples = Arc::new(parse_moof(&body, header, self.track_id, fragments.defaults)?);
+        self.learned().last_moof = Some((header, samples.clone()));
         Ok((header, samples))
     }
 
     /// Every fragment `moof` offset in file order: from `sidx`/`mfra` when opening found one,
     /// else by walking top-level box headers.
-    fn fragment_offsets(&self, src: &dyn RangeSource, fragments: &Fragments) -> Result<Vec<u64>, ParseError> {
+    fn fragment_offsets(
+        &self,
+        src: &dyn RangeSource,
+        fragments: &Fragments,
+    ) -> Result<Arc<Vec<u64>>, ParseError> {
         if let Some(known) = &fragments.known {
-            return Ok(known.iter().map(|f| f.moof_offset).collect());
+            return Ok(Arc::new(known.iter().map(|f| f.moof_offset).collect()));
+        }
+        if let Some(offsets) = &self.learned().offsets {
+            return Ok(offsets.clone());
         }
         let mut walker = WindowReader::new(src, FRAGMENT_WALK_WINDOW);
         let mut offset = fragments.after_moov;
@@ -553,6 +619,8 @@ impl Mp4Index {
             }
             offset = header.end();
         }
+        let out = Arc::new(out);
+        self.learned().offsets = Some(out.clone());
         Ok(out)
     }
 
@@ -560,14 +628,19 @@ impl Mp4Index {
         &self,
         src: &dyn RangeSource,
         fragments: &Fragments,
-    ) -> Result<Vec<Keyframe>, ParseError> {
+    ) -> Result<Arc<Vec<Keyframe>>, ParseError> {
+        if let Some(keyframes) = &self.learned().keyframes {
+            return Ok(keyframes.clone());
+        }
         let mut out = Vec::new();
-        for moof in self.fragment_offsets(src, fragments)? {
+        for &moof in self.fragment_offsets(src, fragments)?.iter() {
             let (_, samples) = self.read_fragment(src, moof, fragments)?;
             for (i, s) in samples.iter().enumerate().filter(|(_, s)| s.sync) {
                 out.push(self.keyframe_at(s, ReadPos { offset: moof, sample: i as u64 }));
             }
         }
+        let out = Arc::new(out);
+        self.learned().keyframes = Some(out.clone());
         Ok(out)
     }
 
@@ -608,7 +681,7 @@ impl ContainerIndex for Mp4Index {
     fn keyframes(&self, src: &dyn RangeSource) -> Result<Vec<Keyframe>, ParseError> {
         let mut out = self.table_keyframes();
         if let Some(fragments) = &self.fragments {
-            out.extend(self.fragment_keyframes(src, fragments)?);
+            out.extend(self.fragment_keyframes(src, fragments)?.iter().copied());
         }
         Ok(presentation_order(out))
     }
@@ -695,9 +768,12 @@ impl Mp4Index {
         fragments: &Fragments,
         current: Option<BoxHeader>,
     ) -> Result<Option<u64>, ParseError> {
+        let after = current.map(|c| c.offset);
         if let Some(known) = &fragments.known {
-            let after = current.map(|c| c.offset);
             return Ok(known.iter().map(|f| f.moof_offset).find(|&m| after.is_none_or(|a| m > a)));
+        }
+        if let Some(offsets) = self.learned().offsets.clone() {
+            return Ok(offsets.iter().copied().find(|&m| after.is_none_or(|a| m > a)));
         }
         match current {
             Some(moof) => self.next_moof(src, moof),
@@ -723,21 +799,21 @@ impl Mp4Index {
 struct Trak {
     track_id: u32,
     timescale: u64,
-    media_duration: u64,
+    media_duration: i64,
     codec: Codec,
     codec_config: Option<Bytes>,
     video: Option<VideoInfo>,
     audio: Option<AudioInfo>,
     edit_media_start: i64,
     /// Empty edits before the first media edit, in movie ticks.
-    edit_empty: u64,
+    edit_empty: i64,
     samples: Vec<TableSample>,
 }
 
 fn parse_trak(trak: &Bytes, base: u64, file_len: u64) -> Result<Trak, ParseError> {
     let mut track_id = 0;
     let mut edit_media_start = 0i64;
-    let mut edit_empty = 0u64;
+    let mut edit_empty = 0i64;
     let mut mdia = None;
     for item in Children::new(trak, base) {
         let (header, data) = item?;
@@ -770,10 +846,15 @@ fn parse_trak(trak: &Bytes, base: u64, file_len: u64) -> Result<Trak, ParseError
     let (version, _) = c.full_box()?;
     let (timescale, media_duration) = if version == 1 {
         c.skip(16)?;
-        (u64::from(c.u32()?), c.u64()?)
+        let timescale = u64::from(c.u32()?);
+        let duration = match c.u64()? {
+            u64::MAX => 0, // unknown
+            d => signed_ticks(d, "mdhd", mdhd_header.offset)?,
+        };
+        (timescale, duration)
     } else {
         c.skip(8)?;
-        (u64::from(c.u32()?), u64::from(c.u32()?))
+        (u64::from(c.u32()?), i64::from(c.u32()?))
     };
     if timescale == 0 {
         return Err(ParseError::malformed("mdhd", mdhd_header.offset, "media timescale is zero"));
@@ -810,26 +891,29 @@ fn parse_trak(trak: &Bytes, base: u64, file_len: u64) -> Result<Trak, ParseError
 }
 
 /// The first media edit's start (media ticks) and the empty edits before it (movie ticks).
-fn parse_elst(elst: &Bytes, base: u64) -> Result<(i64, u64), ParseError> {
+fn parse_elst(elst: &Bytes, base: u64) -> Result<(i64, i64), ParseError> {
     let mut c = Cursor::new(elst, "elst", base);
     let (version, _) = c.full_box()?;
     let entry_size = if version == 1 { 20 } else { 12 };
     let count = c.count(entry_size)?;
     let mut empty = 0u64;
     for _ in 0..count {
+        // Media time is signed in both versions (-1 marks an empty edit).
         let (duration, media_time) = if version == 1 {
-            (c.u64()?, c.u64()? as i64)
+            (c.u64()?, c.i64()?)
         } else {
-            (u64::from(c.u32()?), i64::from(c.u32()? as i32))
+            (u64::from(c.u32()?), i64::from(i32::from_be_bytes(c.u32()?.to_be_bytes())))
         };
         c.skip(4)?; // media rate
         if media_time == -1 {
-            empty = empty.saturating_add(duration);
+            empty = empty.checked_add(duration).ok_or_else(|| {
+                ParseError::malformed("elst", base, "empty edits add up to more than 64 bits")
+            })?;
             continue;
         }
-        return Ok((media_time.max(0), empty));
+        return Ok((media_time.max(0), signed_ticks(empty, "elst", base)?));
     }
-    Ok((0, empty))
+    Ok((0, signed_ticks(empty, "elst", base)?))
 }
 
 #[derive(Debug)]
@@ -1007,10 +1091,50 @@ fn ops_to_opus_head(dops: &Bytes, base: u64) -> Result<Bytes, ParseError> {
     Ok(Bytes::from(head))
 }
 
+/// Sample sizes: one for all (a fixed-size `stsz` needs no per-sample vector) or one each.
+#[derive(Debug)]
+enum Sizes {
+    Fixed { size: u32, count: usize },
+    Each(Vec<u32>),
+}
+
+impl Sizes {
+    fn len(&self) -> usize {
+        match self {
+            Sizes::Fixed { count, .. } => *count,
+            Sizes::Each(v) => v.len(),
+        }
+    }
+    fn get(&self, i: usize) -> u32 {
+        match self {
+            Sizes::Fixed { size, .. } => *size,
+            Sizes::Each(v) => v.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Refuses a sample count above [`MAX_TABLE_SAMPLES`] before anything is sized by it.
+fn table_count(count: usize, element: &'static str, offset: u64) -> Result<usize, ParseError> {
+    if count > MAX_TABLE_SAMPLES {
+        return Err(ParseError::malformed(
+            element,
+            offset,
+            format!("{count} samples exceed the limit of {MAX_TABLE_SAMPLES} per track"),
+        ));
+    }
+    Ok(count)
+}
+
 /// Expands stts/ctts/stss/stsz/stz2/stsc/stco/co64 into one entry per sample.
+///
+/// The sample count comes from `stsz`/`stz2` and must agree with what the other boxes hold:
+/// no more samples than `stts` gives times to, than the chunks (`stsc` x `stco`) hold, than
+/// fit in the file at their sizes, and no more than [`MAX_TABLE_SAMPLES`].
 fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<TableSample>, ParseError> {
-    let mut sizes: Vec<u32> = Vec::new();
+    let mut sizes = Sizes::Each(Vec::new());
+    let mut sizes_at = base;
     let mut durations: Vec<(u32, u32)> = Vec::new();
+    let mut timed: Option<u64> = None;
     let mut cts: Vec<(u32, i32)> = Vec::new();
     let mut sync: Option<Vec<u32>> = None;
     let mut chunks: Vec<u64> = Vec::new();
@@ -1024,7 +1148,8 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                 c.full_box()?;
                 let fixed = c.u32()?;
                 let at = c.offset();
-                let count = c.u32()? as usize;
+                sizes_at = at;
+                let count = table_count(c.u32()? as usize, "stsz", at)?;
                 if fixed != 0 {
                     // Every sample has the same size: so many samples must fit in the file.
                     if (count as u64).saturating_mul(u64::from(fixed)) > file_len {
@@ -1034,15 +1159,16 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                             format!("{count} samples of {fixed} bytes do not fit in a {file_len}-byte file"),
                         ));
                     }
-                    sizes = vec![fixed; count];
+                    sizes = Sizes::Fixed { size: fixed, count };
                 } else {
                     if count.saturating_mul(4) > c.remaining() {
                         return Err(ParseError::malformed("stsz", at, "sample count exceeds the box"));
                     }
-                    sizes.reserve_exact(count);
+                    let mut each = Vec::with_capacity(count);
                     for _ in 0..count {
-                        sizes.push(c.u32()?);
+                        each.push(c.u32()?);
                     }
+                    sizes = Sizes::Each(each);
                 }
             }
             b"stz2" => {
@@ -1050,7 +1176,8 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                 c.skip(3)?;
                 let field = c.u8()?;
                 let at = c.offset();
-                let count = c.u32()? as usize;
+                sizes_at = at;
+                let count = table_count(c.u32()? as usize, "stz2", at)?;
                 let needed = match field {
                     4 => count.div_ceil(2),
                     8 => count,
@@ -1066,36 +1193,41 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                 if needed > c.remaining() {
                     return Err(ParseError::malformed("stz2", at, "sample count exceeds the box"));
                 }
-                sizes.reserve_exact(count);
+                let mut each = Vec::with_capacity(count);
                 let mut i = 0;
                 while i < count {
                     match field {
                         4 => {
                             let b = c.u8()?;
-                            sizes.push(u32::from(b >> 4));
+                            each.push(u32::from(b >> 4));
                             if i + 1 < count {
-                                sizes.push(u32::from(b & 0x0F));
+                                each.push(u32::from(b & 0x0F));
                             }
                             i += 2;
                         }
                         8 => {
-                            sizes.push(u32::from(c.u8()?));
+                            each.push(u32::from(c.u8()?));
                             i += 1;
                         }
                         _ => {
-                            sizes.push(u32::from(c.u16()?));
+                            each.push(u32::from(c.u16()?));
                             i += 1;
                         }
                     }
                 }
+                sizes = Sizes::Each(each);
             }
             b"stts" => {
                 c.full_box()?;
                 let n = c.count(8)?;
                 durations.reserve_exact(n);
+                let mut total = 0u64;
                 for _ in 0..n {
-                    durations.push((c.u32()?, c.u32()?));
+                    let entry = (c.u32()?, c.u32()?);
+                    total += u64::from(entry.0);
+                    durations.push(entry);
                 }
+                timed = Some(total);
             }
             b"ctts" => {
                 // Version 0 is unsigned by the letter of the spec, but writers put negative
@@ -1105,7 +1237,7 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
                 cts.reserve_exact(n);
                 for _ in 0..n {
                     let count = c.u32()?;
-                    cts.push((count, c.u32()? as i32));
+                    cts.push((count, i32::from_be_bytes(c.u32()?.to_be_bytes())));
                 }
             }
             b"stss" => {
@@ -1151,10 +1283,20 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
     if count == 0 {
         return Ok(Vec::new());
     }
-    // Lay samples out in chunks.
-    let mut offsets = Vec::with_capacity(count);
-    let mut sample = 0usize;
-    for (i, &(first_chunk, per_chunk)) in stsc.iter().enumerate() {
+    if let Some(timed) = timed.filter(|&t| (count as u64) > t) {
+        return Err(ParseError::malformed(
+            "stsz",
+            sizes_at,
+            format!("{count} samples listed, but stts gives times to only {timed}"),
+        ));
+    }
+    // Lay samples out in chunks, each with its times and sync flag.
+    let mut out = Vec::with_capacity(count);
+    let mut dts = 0i64;
+    let mut durations = durations.iter().flat_map(|&(n, d)| std::iter::repeat_n(d, n as usize));
+    let mut cts = cts.iter().flat_map(|&(n, o)| std::iter::repeat_n(o, n as usize));
+    let mut sync_iter = sync.as_ref().map(|s| s.iter().copied().peekable());
+    'layout: for (i, &(first_chunk, per_chunk)) in stsc.iter().enumerate() {
         let first = (first_chunk as usize).saturating_sub(1);
         let last =
             stsc.get(i + 1).map(|&(next, _)| (next as usize).saturating_sub(1)).unwrap_or(chunks.len());
@@ -1167,48 +1309,34 @@ fn parse_sample_table(stbl: &Bytes, base: u64, file_len: u64) -> Result<Vec<Tabl
         for chunk in &chunks[first..last.min(chunks.len())] {
             let mut offset = *chunk;
             for _ in 0..per_chunk {
-                if sample >= count {
-                    break;
+                if out.len() >= count {
+                    break 'layout;
                 }
-                offsets.push(offset);
-                offset = offset.saturating_add(u64::from(sizes[sample]));
-                sample += 1;
+                let size = sizes.get(out.len());
+                let duration = durations.next().unwrap_or(0);
+                let cts_offset = cts.next().unwrap_or(0);
+                let is_sync = match sync_iter.as_mut() {
+                    None => true,
+                    Some(it) => {
+                        let number = (out.len() + 1) as u32;
+                        while it.peek().is_some_and(|&n| n < number) {
+                            it.next();
+                        }
+                        it.peek() == Some(&number)
+                    }
+                };
+                out.push(TableSample { offset, size, dts, cts_offset, duration, sync: is_sync });
+                dts = dts.saturating_add(i64::from(duration));
+                offset = offset.saturating_add(u64::from(size));
             }
-            if sample >= count {
-                break;
-            }
-        }
-        if sample >= count {
-            break;
         }
     }
-    if offsets.len() < count {
+    if out.len() < count {
         return Err(ParseError::malformed(
             "stsc",
             base,
-            format!("chunks hold {} of the {count} samples stsz lists", offsets.len()),
+            format!("chunks hold {} of the {count} samples stsz lists", out.len()),
         ));
-    }
-    let mut out = Vec::with_capacity(count);
-    let mut dts = 0i64;
-    let mut durations = durations.iter().flat_map(|&(n, d)| std::iter::repeat_n(d, n as usize));
-    let mut cts = cts.iter().flat_map(|&(n, o)| std::iter::repeat_n(o, n as usize));
-    let mut sync_iter = sync.as_ref().map(|s| s.iter().copied().peekable());
-    for (i, (&size, &offset)) in sizes.iter().zip(&offsets).enumerate() {
-        let duration = durations.next().unwrap_or(0);
-        let cts_offset = cts.next().unwrap_or(0);
-        let is_sync = match sync_iter.as_mut() {
-            None => true,
-            Some(it) => {
-                let number = (i + 1) as u32;
-                while it.peek().is_some_and(|&n| n < number) {
-                    it.next();
-                }
-                it.peek() == Some(&number)
-            }
-        };
-        out.push(TableSample { offset, size, dts, cts_offset, duration, sync: is_sync });
-        dts = dts.saturating_add(i64::from(duration));
     }
     Ok(out)
 }
@@ -1220,6 +1348,9 @@ fn parse_moof(
     track_id: u32,
     defaults: TrackDefaults,
 ) -> Result<Vec<TableSample>, ParseError> {
+    // Runs of default-sized samples cost no bytes per sample, so the count is capped by the
+    // moof's size instead, over all its runs together.
+    let limit = moof_header.size.saturating_mul(MOOF_SAMPLES_PER_BYTE).min(MAX_MOOF_SAMPLES);
     let mut out = Vec::new();
     for item in Children::new(moof, moof_header.body_offset()) {
         let (h, traf) = item?;
@@ -1271,16 +1402,24 @@ fn parse_moof(
                         [0x100u32, 0x200, 0x400, 0x800].iter().filter(|&&f| flags & f != 0).count() * 4;
                     let at = c.offset();
                     let count = c.u32()? as usize;
-                    let data_offset = if flags & 0x1 != 0 { Some(i64::from(c.u32()? as i32)) } else { None };
+                    let data_offset = if flags & 0x1 != 0 {
+                        Some(i64::from(i32::from_be_bytes(c.u32()?.to_be_bytes())))
+                    } else {
+                        None
+                    };
                     let first_flags = if flags & 0x4 != 0 { Some(c.u32()?) } else { None };
                     if per_sample > 0 && count.saturating_mul(per_sample) > c.remaining() {
                         return Err(ParseError::malformed("trun", at, "sample count exceeds the box"));
                     }
-                    if per_sample == 0 && count > 1_000_000 {
+                    let total = (out.len() as u64).saturating_add(count as u64);
+                    if total > limit {
                         return Err(ParseError::malformed(
                             "trun",
                             at,
-                            format!("{count} samples is implausible"),
+                            format!(
+                                "runs declare {total} samples, more than the {limit} a moof of {} bytes may hold",
+                                moof_header.size
+                            ),
                         ));
                     }
                     let base = base_offset.unwrap_or(moof_header.offset);
@@ -1302,7 +1441,8 @@ fn parse_moof(
                         } else {
                             d.flags
                         };
-                        let cts_offset = if flags & 0x800 != 0 { c.u32()? as i32 } else { 0 };
+                        let cts_offset =
+                            if flags & 0x800 != 0 { i32::from_be_bytes(c.u32()?.to_be_bytes()) } else { 0 };
                         let non_sync = sample_flags & 0x0001_0000 != 0;
                         out.push(TableSample { offset, size, dts, cts_offset, duration, sync: !non_sync });
                         offset = offset.saturating_add(u64::from(size));
@@ -1520,8 +1660,137 @@ mod tests {
         // stsz claims 2^31 samples in a 20-byte body.
         let ftyp = bx(b"ftyp", b"isom\0\0\0\0");
         let moov = movie(1, 0, 0x8000_0000);
-        let err = open([ftyp, moov].concat()).expect_err("forged count");
+        let err = open([ftyp.clone(), moov].concat()).expect_err("forged count");
+        assert!(
+            matches!(&err, ParseError::Malformed { element: "stsz", reason, .. } if reason.contains("exceed the limit")),
+            "{err}"
+        );
+        // stsz lists more samples than stts gives times to.
+        let moov = movie(3, 0, 3);
+        let at = moov.windows(4).position(|w| w == b"stts").expect("stts") + 4 + 4 + 4;
+        let mut moov = moov;
+        moov[at..at + 4].copy_from_slice(&2u32.to_be_bytes());
+        let err = open([ftyp, moov].concat()).expect_err("untimed samples");
         assert!(matches!(err, ParseError::Malformed { element: "stsz", .. }), "{err}");
+    }
+
+    #[test]
+    fn durations_and_edit_times_above_63_bits_are_typed_errors_not_negative_times() {
+        let ftyp = bx(b"ftyp", b"isom\0\0\0\0");
+        // mdhd version 1 with a duration of 2^63 + 5: wraps to a negative time with `as i64`.
+        let mut v1 = vec![1, 0, 0, 0];
+        v1.extend_from_slice(&[0; 16]);
+        v1.extend_from_slice(&1000u32.to_be_bytes());
+        v1.extend_from_slice(&(u64::MAX / 2 + 6).to_be_bytes());
+        v1.extend_from_slice(&[0; 4]);
+        let moov = movie(1, 0, 1);
+        let at = moov.windows(4).position(|w| w == b"mdhd").expect("mdhd") - 4;
+        let old_len = u32::from_be_bytes([moov[at], moov[at + 1], moov[at + 2], moov[at + 3]]) as usize;
+        let new_mdhd = bx(b"mdhd", &v1);
+        let grow = (new_mdhd.len() - old_len) as u32;
+        let mut moov2 = [&moov[..at], &new_mdhd[..], &moov[at + old_len..]].concat();
+        // moov, trak and mdia sizes grow with it.
+        for kind in [b"moov", b"trak", b"mdia"] {
+            let k = moov2.windows(4).position(|w| w == kind).expect("box") - 4;
+            let size = u32::from_be_bytes([moov2[k], moov2[k + 1], moov2[k + 2], moov2[k + 3]]) + grow;
+            moov2[k..k + 4].copy_from_slice(&size.to_be_bytes());
+        }
+        let err = open([ftyp.clone(), moov2].concat()).expect_err("huge duration");
+        assert!(matches!(err, ParseError::Malformed { element: "mdhd", .. }), "{err}");
+
+        // mvhd version 0 is 32-bit: fine. An elst of version 1 whose empty edits add past
+        // i64::MAX movie ticks.
+        let mut elst = vec![1, 0, 0, 0];
+        elst.extend_from_slice(&2u32.to_be_bytes());
+        for _ in 0..2 {
+            elst.extend_from_slice(&(u64::MAX / 2 + 1).to_be_bytes()); // duration
+            elst.extend_from_slice(&(-1i64).to_be_bytes()); // empty edit
+            elst.extend_from_slice(&[0, 1, 0, 0]);
+        }
+        let edts = bx(b"edts", &bx(b"elst", &elst));
+        let moov = movie(1, 0, 1);
+        let at = moov.windows(4).position(|w| w == b"mdia").expect("mdia") - 4;
+        let mut moov3: Vec<u8> = [&moov[..at], &edts[..], &moov[at..]].concat();
+        for kind in [b"moov", b"trak"] {
+            let k = moov3.windows(4).position(|w| w == kind).expect("box") - 4;
+            let size =
+                u32::from_be_bytes([moov3[k], moov3[k + 1], moov3[k + 2], moov3[k + 3]]) + edts.len() as u32;
+            moov3[k..k + 4].copy_from_slice(&size.to_be_bytes());
+        }
+        let err = open([ftyp, moov3].concat()).expect_err("empty edits past 63 bits");
+        assert!(matches!(err, ParseError::Malformed { element: "elst", .. }), "{err}");
+    }
+
+    /// A fragmented file: an empty moov table with `trex` defaults (1 s, 100 bytes, sync), then
+    /// `fragments` moof+mdat pairs of `per` samples each, no sidx, no mfra.
+    fn fragmented(fragments: u32, per: u32) -> Bytes {
+        let ftyp = bx(b"ftyp", b"iso6\0\0\0\0");
+        let plain = movie(0, 0, 0);
+        let trex = full(b"trex", &u32s(&[1, 1, 1000, 100, 0]));
+        let mvex = bx(b"mvex", &trex);
+        let moov = bx(b"moov", &[&plain[8..], &mvex[..]].concat());
+        let mut out = [ftyp, moov].concat();
+        for f in 0..fragments {
+            let mfhd = full(b"mfhd", &u32s(&[f + 1]));
+            let tfhd = bx(b"tfhd", &[&[0u8, 2, 0, 0][..], &u32s(&[1])].concat());
+            let mut tfdt_body = vec![1, 0, 0, 0];
+            tfdt_body.extend_from_slice(&(u64::from(f * per) * 1000).to_be_bytes());
+            let tfdt = bx(b"tfdt", &tfdt_body);
+            // trun: data offset present; patched once the moof size is known.
+            let trun = bx(b"trun", &[&[0u8, 0, 0, 1][..], &u32s(&[per, 0])].concat());
+            let traf = bx(b"traf", &[tfhd, tfdt, trun].concat());
+            let mut moof = bx(b"moof", &[mfhd, traf].concat());
+            let data_offset = moof.len() as u32 + 8;
+            let n = moof.len();
+            moof[n - 4..].copy_from_slice(&data_offset.to_be_bytes());
+            out.extend_from_slice(&moof);
+            out.extend_from_slice(&bx(b"mdat", &vec![0u8; (per * 100) as usize]));
+        }
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn fragment_walks_and_moofs_are_read_once() {
+        let src = fragmented(20, 10);
+        let index = TrackIndex::open("t", &src).expect("opens");
+        assert_eq!(index.info().container, Container::FragmentedMp4);
+        let counted = crate::source::CountingSource::new(&src);
+        let first = index.seek(&counted, MediaTime::from_secs(155)).expect("seek");
+        assert_eq!(first.pts, MediaTime::from_secs(155));
+        assert!(counted.cost().reads > 0);
+        // A second seek reads nothing: the walk's keyframes are kept.
+        let before = counted.cost();
+        let again = index.seek(&counted, MediaTime::from_secs(42)).expect("seek again");
+        assert_eq!(again.pts, MediaTime::from_secs(42));
+        assert_eq!(counted.cost(), before, "the second seek walked the fragments again");
+        // Batches of one sample through a fragment, and on into the next, read each moof once
+        // (its header, then its body).
+        let mut pos = Some(again.pos);
+        for expected in 42..55 {
+            let batch = index.samples(&counted, pos.expect("more"), 1).expect("batch");
+            assert_eq!(batch.samples[0].pts, MediaTime::from_secs(expected));
+            pos = batch.next;
+        }
+        assert_eq!(counted.cost().reads - before.reads, 4, "two moofs, header and body each");
+    }
+
+    #[test]
+    fn a_moof_of_many_small_runs_cannot_declare_unbounded_samples() {
+        // 64 runs of a million default-sized samples each: 20 bytes per run.
+        let src = fragmented(1, 1);
+        let moof_at = src.windows(4).position(|w| w == b"moof").expect("moof") - 4;
+        let mfhd = full(b"mfhd", &u32s(&[1]));
+        let tfhd = bx(b"tfhd", &[&[0u8, 2, 0, 0][..], &u32s(&[1])].concat());
+        let runs: Vec<u8> = (0..64).flat_map(|_| full(b"trun", &u32s(&[1_000_000]))).collect();
+        let traf = bx(b"traf", &[tfhd, runs].concat());
+        let moof = bx(b"moof", &[mfhd, traf].concat());
+        let data = Bytes::from([&src[..moof_at], &moof[..], &bx(b"mdat", &[0u8; 100])[..]].concat());
+        let index = TrackIndex::open("t", &data).expect("opens: moov is fine");
+        let err = index.keyframes(&data).expect_err("too many samples").source;
+        assert!(
+            matches!(&err, ParseError::Malformed { element: "trun", reason, .. } if reason.contains("may hold")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1537,11 +1806,21 @@ mod tests {
     #[test]
     fn every_truncation_of_a_valid_file_fails_cleanly() {
         let full_file = file_with_moov_at_end(3);
+        let moov_at = full_file.windows(4).position(|w| w == b"moov").expect("moov") as u64 - 4;
         for cut in 0..full_file.len() {
             let data = full_file.slice(..cut);
-            // Must not panic; either an error or (never, here) a smaller valid index.
-            if let Ok(index) = TrackIndex::open("t", &data) {
-                let _ = index.keyframes(&data);
+            // moov is last: every cut loses part of it (or all of it).
+            let err = TrackIndex::open("t", &data).expect_err("a cut file").source;
+            match err {
+                ParseError::Missing { element: "moov", searched_to, .. } => {
+                    assert!(searched_to <= moov_at, "cut {cut}: {err}")
+                }
+                // A box whose size runs past the cut: ftyp, mdat or moov itself.
+                ParseError::Malformed { element: "ftyp" | "mdat" | "moov", offset, .. } => {
+                    assert!(offset <= moov_at, "cut {cut}: {err}")
+                }
+                ParseError::UnknownFormat { .. } => assert!(cut < 8, "cut {cut}: {err}"),
+                other => panic!("cut {cut}: {other}"),
             }
         }
     }

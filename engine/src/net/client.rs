@@ -15,16 +15,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use iroh::endpoint::Connection;
+use futures::{StreamExt, TryStreamExt};
+use iroh::endpoint::{Connection, ConnectionError};
 use iroh::{Endpoint, NodeAddr, NodeId};
 
 use super::identity;
 use super::protocol::{
-    read_frame, FrameError, GetRequest, NetError, ReadRangeOk, ReadRangeRequest, ReadWindow, Request,
-    ResponseHeader, StreamInfo, TrackInfo, ALPN, MAX_RESPONSE_HEADER,
+    read_frame, ErrorCode, FrameError, GetRequest, NetError, ReadRangeOk, ReadRangeRequest, ReadWindow,
+    Request, ResponseHeader, StreamInfo, TrackInfo, ALPN, CLOSE_BUSY, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
+    MAX_RESPONSE_HEADER,
 };
 use super::server::endpoint_builder;
 use crate::source::{check_range, RangeSource, SourceError};
+
+/// Most requests one [`RemoteTrack`] read keeps in flight at once; a large read is fetched in
+/// window-sized parts, this many at a time.
+pub const MAX_READS_IN_FLIGHT: usize = 8;
 
 /// A remote stream's description: plain data, no connection inside.
 pub type Stream = StreamInfo;
@@ -243,9 +249,10 @@ impl Client {
             let rest = recv.read_to_end(max_body).await.map_err(conn_err)?;
             Ok((header, Bytes::from(rest)))
         };
-        tokio::time::timeout(self.inner.request_timeout, work)
+        let result = tokio::time::timeout(self.inner.request_timeout, work)
             .await
-            .map_err(|_| NetError::Timeout(self.inner.request_timeout))?
+            .map_err(|_| NetError::Timeout(self.inner.request_timeout))?;
+        result.map_err(|e| refusal(&conn).unwrap_or(e))
     }
 
     /// Closes every connection and every endpoint.
@@ -284,6 +291,12 @@ impl Client {
                 tokio::time::timeout(self.inner.request_timeout, exchange(&conn, frame.clone(), expected))
                     .await
                     .unwrap_or(Err(NetError::Timeout(self.inner.request_timeout)));
+            let result = match result {
+                Err(NetError::Connection(message)) => {
+                    Err(refusal(&conn).unwrap_or(NetError::Connection(message)))
+                }
+                other => other,
+            };
             match result {
                 Err(NetError::Connection(message)) => {
                     self.forget(addr.node_id, &conn).await;
@@ -313,7 +326,9 @@ impl Client {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
-            guard.lost = true;
+            // A server that closed an idle connection (or refused us) is alive on the same
+            // path: dial it again from the same endpoint.
+            guard.lost = !closed_by_live_server(conn);
         }
         guard.conn = None;
         if guard.lost {
@@ -356,7 +371,7 @@ impl Client {
             let mut guard = slot.lock().await;
             if guard.conn.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
                 guard.conn = None;
-                guard.lost = true;
+                guard.lost = !closed_by_live_server(conn);
             }
         }
     }
@@ -364,6 +379,26 @@ impl Client {
 
 fn conn_err(e: impl std::fmt::Display) -> NetError {
     NetError::Connection(e.to_string())
+}
+
+/// The server closed the connection while staying up (it sat idle, or the server refused
+/// us), as opposed to going away: it can be dialed again on the same path.
+fn closed_by_live_server(conn: &Connection) -> bool {
+    let live = [CLOSE_IDLE, CLOSE_UNAUTHORIZED, CLOSE_BUSY].map(u64::from);
+    matches!(conn.close_reason(), Some(ConnectionError::ApplicationClosed(close))
+        if live.contains(&close.error_code.into_inner()))
+}
+
+/// The server closed the connection to refuse us (not on its allow-list, or no room): the
+/// status that says so, instead of a lost connection worth retrying.
+fn refusal(conn: &Connection) -> Option<NetError> {
+    let Some(ConnectionError::ApplicationClosed(close)) = conn.close_reason() else { return None };
+    let reason = String::from_utf8_lossy(&close.reason).into_owned();
+    match u32::try_from(close.error_code.into_inner()) {
+        Ok(CLOSE_UNAUTHORIZED) => Some(NetError::status(ErrorCode::Unauthorized, reason)),
+        Ok(CLOSE_BUSY) => Some(NetError::status(ErrorCode::Busy, reason)),
+        _ => None,
+    }
 }
 
 async fn read_header(recv: &mut iroh::endpoint::RecvStream) -> Result<ResponseHeader, NetError> {
@@ -395,7 +430,14 @@ async fn exchange(
     let size = usize::try_from(expected).map_err(|_| NetError::Protocol("range too large".into()))?;
     let mut buf = BytesMut::zeroed(size);
     recv.read_exact(&mut buf).await.map_err(conn_err)?;
-    Ok((header, buf.freeze()))
+    // The stream must end here: a server that sends more than it announced is broken.
+    match recv.read_to_end(0).await {
+        Ok(_) => Ok((header, buf.freeze())),
+        Err(iroh::endpoint::ReadToEndError::TooLong) => {
+            Err(NetError::Protocol(format!("server sent more than the {expected} bytes it announced")))
+        }
+        Err(e) => Err(conn_err(e)),
+    }
 }
 
 /// One remote track as a [`RangeSource`]: peer, stream, track, size and a client handle.
@@ -403,9 +445,10 @@ async fn exchange(
 /// `read_range` blocks the calling thread until the bytes arrive: call it from a blocking
 /// thread (`spawn_blocking`, a parser or GStreamer thread), never from an async worker, where
 /// it would stall the runtime. The requests themselves run on the client's runtime. Reads
-/// larger than the server's window are split into window-sized requests issued concurrently;
-/// reads smaller than the window's minimum fetch the minimum (or up to the end of the track)
-/// and return the part asked for.
+/// larger than the server's window are split into window-sized requests, at most
+/// [`MAX_READS_IN_FLIGHT`] in flight at once; reads smaller than the window's minimum fetch the
+/// minimum (or up to the end of the track) and return the part asked for. The server's window
+/// is checked once, when the track is made ([`ReadWindow::for_client`]).
 #[derive(Debug, Clone)]
 pub struct RemoteTrack {
     client: Client,
@@ -431,7 +474,7 @@ impl RemoteTrack {
             stream: info.name.clone(),
             track: track.to_string(),
             size: t.size,
-            window: info.read_window,
+            window: info.read_window.for_client()?,
         })
     }
 
@@ -473,11 +516,13 @@ impl RemoteTrack {
         check_range(start, len, self.size)
             .map_err(|e| NetError::status(super::protocol::ErrorCode::OutOfRange, e.to_string()))?;
         let parts = self.plan(start, len);
-        let fetches = parts.iter().map(|&(at, ask, keep)| async move {
+        let fetches = parts.into_iter().map(|(at, ask, keep)| async move {
             let data = self.client.read_range(&self.peer, &self.stream, &self.track, at, ask).await?;
             Ok::<Bytes, NetError>(data.slice(..usize::try_from(keep).unwrap_or(usize::MAX).min(data.len())))
         });
-        let mut chunks = futures::future::try_join_all(fetches).await?;
+        // In order, a bounded number at a time; the first error stops the rest.
+        let mut chunks: Vec<Bytes> =
+            futures::stream::iter(fetches).buffered(MAX_READS_IN_FLIGHT).try_collect().await?;
         if chunks.len() == 1 {
             return Ok(chunks.pop().unwrap_or_default());
         }

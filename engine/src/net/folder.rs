@@ -5,10 +5,17 @@
 //! `..`): anything else is `bad_request`. A meeting folder or track file whose real path (after
 //! following symlinks) lies outside the root is treated as absent (`unknown_stream` /
 //! `unknown_track`), so a link cannot expose the rest of the disk. Reads are positioned reads on
-//! a blocking thread; nothing is cached, so files replaced on disk are served as they are now.
+//! a blocking thread.
+//!
+//! Per request the provider stats `meeting.json` and reuses the manifest it parsed last time
+//! when the file's modification time and length are unchanged (a replaced manifest is read
+//! again); paths are still resolved (and checked against the root) and track files opened on
+//! every request, so files replaced on disk are served as they are now.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 
@@ -22,6 +29,22 @@ use crate::source::{FileSource, RangeSource, SourceError};
 pub struct FolderProvider {
     /// Canonical root: every served path must start with it.
     root: Arc<PathBuf>,
+    /// Parsed manifests by meeting folder, with the modification time and length they were
+    /// parsed at: a read's resolver and loader calls parse `meeting.json` once, not twice.
+    manifests: Arc<Mutex<HashMap<PathBuf, CachedManifest>>>,
+}
+
+/// Meetings whose parsed manifests are kept; past this the cache starts afresh.
+const MAX_CACHED_MANIFESTS: usize = 256;
+
+#[derive(Debug)]
+struct CachedManifest {
+    modified: SystemTime,
+    len: u64,
+    manifest: Arc<Manifest>,
+    /// How many times manifests were parsed (tests count them).
+    #[cfg(test)]
+    parses: u64,
 }
 
 impl FolderProvider {
@@ -29,7 +52,7 @@ impl FolderProvider {
         let root = root.as_ref();
         let root = std::fs::canonicalize(root)
             .map_err(|e| NetError::status(ErrorCode::Internal, format!("serving {}: {e}", root.display())))?;
-        Ok(FolderProvider { root: Arc::new(root) })
+        Ok(FolderProvider { root: Arc::new(root), manifests: Arc::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -72,16 +95,43 @@ impl FolderProvider {
     }
 
     /// The meeting folder and its manifest; `None` when absent or outside the root.
-    fn meeting(&self, stream: &str) -> Result<Option<(PathBuf, Manifest)>, NetError> {
+    fn meeting(&self, stream: &str) -> Result<Option<(PathBuf, Arc<Manifest>)>, NetError> {
         if !is_safe_name(stream) {
             return Err(NetError::status(ErrorCode::BadRequest, format!("invalid stream name {stream:?}")));
         }
         let Some(dir) = self.inside_root(&self.root.join(stream))? else { return Ok(None) };
-        if !dir.join(Manifest::FILE_NAME).is_file() {
-            return Ok(None);
+        let meta = match std::fs::metadata(dir.join(Manifest::FILE_NAME)) {
+            Ok(meta) if meta.is_file() => meta,
+            _ => return Ok(None),
+        };
+        let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let fresh = |c: &CachedManifest| c.modified == modified && c.len == meta.len();
+        {
+            let cache = self.manifests.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(cached) = cache.get(&dir).filter(|c| fresh(c)) {
+                return Ok(Some((dir, cached.manifest.clone())));
+            }
         }
-        let manifest = Manifest::load(&dir)
-            .map_err(|e| NetError::status(ErrorCode::Internal, format!("stream {stream:?}: {e}")))?;
+        let manifest = Arc::new(
+            Manifest::load(&dir)
+                .map_err(|e| NetError::status(ErrorCode::Internal, format!("stream {stream:?}: {e}")))?,
+        );
+        let mut cache = self.manifests.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= MAX_CACHED_MANIFESTS {
+            cache.clear();
+        }
+        #[cfg(test)]
+        let parses = cache.get(&dir).map_or(0, |c| c.parses) + 1;
+        cache.insert(
+            dir.clone(),
+            CachedManifest {
+                modified,
+                len: meta.len(),
+                manifest: manifest.clone(),
+                #[cfg(test)]
+                parses,
+            },
+        );
         Ok(Some((dir, manifest)))
     }
 
@@ -171,4 +221,51 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(NetError::status(ErrorCode::Internal, format!("worker failed: {e}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parses(provider: &FolderProvider, dir: &Path) -> u64 {
+        let real = std::fs::canonicalize(dir).expect("dir");
+        let cache = provider.manifests.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(&real).map_or(0, |c| c.parses)
+    }
+
+    fn manifest(file: &str) -> String {
+        serde_json::json!({
+            "name": "m", "duration_ms": 1000,
+            "tracks": [{"name": "t", "kind": "video", "role": "camera", "participant": "p", "segments": [{"file": file, "start_ms": 0}]}],
+        })
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_read_parses_the_manifest_once_and_a_replaced_one_again() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("m");
+        std::fs::create_dir(&dir).expect("dir");
+        std::fs::write(dir.join("a.bin"), b"first file").expect("a");
+        std::fs::write(dir.join("bb.bin"), b"second, longer file").expect("bb");
+        std::fs::write(dir.join("meeting.json"), manifest("a.bin")).expect("manifest");
+        let provider = FolderProvider::new(root.path()).expect("provider");
+        for _ in 0..5 {
+            // What the server does per read: resolve, then load.
+            let info = provider.stream_info("m".into()).await.expect("info").expect("meeting");
+            assert_eq!(info.tracks[0].size, 10);
+            let bytes = provider.load("m".into(), "t".into(), 0, 5).await.expect("load");
+            assert_eq!(&bytes[..], b"first");
+        }
+        assert_eq!(parses(&provider, &dir), 1, "meeting.json parsed more than once");
+        // A replaced manifest (another length) is read again; a replaced track file is served
+        // as it is now.
+        std::fs::write(dir.join("meeting.json"), manifest("bb.bin")).expect("manifest 2");
+        let info = provider.stream_info("m".into()).await.expect("info").expect("meeting");
+        assert_eq!(info.tracks[0].size, 19);
+        std::fs::write(dir.join("bb.bin"), b"SECOND, longer file").expect("bb 2");
+        let bytes = provider.load("m".into(), "t".into(), 0, 6).await.expect("load");
+        assert_eq!(&bytes[..], b"SECOND");
+        assert_eq!(parses(&provider, &dir), 2);
+    }
 }

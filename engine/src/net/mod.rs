@@ -15,6 +15,8 @@
 
 pub mod client;
 pub mod folder;
+#[cfg(test)]
+mod hostile_tests;
 pub mod identity;
 pub mod protocol;
 pub mod server;

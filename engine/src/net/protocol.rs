@@ -41,8 +41,18 @@
 //!   [`StreamInfo::read_window`]); a shorter read is allowed only when it ends exactly at the
 //!   end of the track (the tail of a file). Zero-length reads, reads past the end and reads
 //!   outside the window get `bad_length` / `out_of_range`.
-//! - A server with an allow-list answers every request from other peers with `unauthorized`,
-//!   before looking at the stream name, so they learn nothing about which streams exist.
+//! - A server with an allow-list closes a connection from any other peer as soon as the
+//!   handshake names it, with close code [`CLOSE_UNAUTHORIZED`], before reading any request:
+//!   such peers learn nothing about which streams exist and hold no connection slot. Clients
+//!   report that close as the status `unauthorized`.
+//! - Connections beyond the server's limits (in total, or per peer) are closed at once with
+//!   [`CLOSE_BUSY`]. A request header must arrive within the server's header timeout (else
+//!   `bad_request`), and a connection with no request for the server's idle timeout is closed
+//!   with [`CLOSE_IDLE`] (clients simply dial again).
+//! - Clients refuse a [`ReadWindow`] whose `max` is below [`MIN_WINDOW_MAX`] or whose `min` is
+//!   above [`MAX_WINDOW_MIN`] (a server could otherwise make one read cost millions of
+//!   requests, or a tiny read cost a huge one) and never ask for more than
+//!   [`CLIENT_MAX_READ`] in one request.
 
 use std::fmt;
 
@@ -68,6 +78,24 @@ pub const MAX_RESPONSE_HEADER: u32 = 1024 * 1024;
 pub const DEFAULT_MIN_READ: u64 = 4 * 1024;
 /// Default largest read a server accepts.
 pub const DEFAULT_MAX_READ: u64 = 8 * 1024 * 1024;
+
+/// Connection close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Connection close code: the peer is not on the server's allow-list.
+pub const CLOSE_UNAUTHORIZED: u32 = 1;
+/// Connection close code: the server (or this peer's share of it) has no connection free.
+pub const CLOSE_BUSY: u32 = 2;
+/// Connection close code: no request arrived for the server's idle timeout.
+pub const CLOSE_IDLE: u32 = 3;
+
+/// The smallest `max` of a read window a client accepts: below this a read of a few MiB of
+/// metadata would take thousands of requests.
+pub const MIN_WINDOW_MAX: u64 = 4 * 1024;
+/// The largest `min` of a read window a client accepts: above this reading a 16-byte box
+/// header would fetch megabytes.
+pub const MAX_WINDOW_MIN: u64 = 1024 * 1024;
+/// The largest single request a client sends, whatever the server allows.
+pub const CLIENT_MAX_READ: u64 = 16 * 1024 * 1024;
 
 /// Error codes carried by an error response. Serialized in snake_case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -313,6 +341,19 @@ impl Default for ReadWindow {
 }
 
 impl ReadWindow {
+    /// The window a client uses for a server's advertised one: `max` capped at
+    /// [`CLIENT_MAX_READ`]; an error for a window no sane server advertises.
+    pub fn for_client(self) -> Result<ReadWindow, NetError> {
+        if self.min == 0 || self.min > self.max || self.max < MIN_WINDOW_MAX || self.min > MAX_WINDOW_MIN {
+            return Err(NetError::Protocol(format!(
+                "the server's read window {}..={} bytes is unusable (a client needs 1 <= min <= {} \
+                 and max >= {} and min <= max)",
+                self.min, self.max, MAX_WINDOW_MIN, MIN_WINDOW_MAX
+            )));
+        }
+        Ok(ReadWindow { min: self.min, max: self.max.min(CLIENT_MAX_READ) })
+    }
+
     /// Checks a read of a track of `size` bytes against the window and the track's end.
     pub fn check(&self, start: u64, len: u64, size: u64) -> Result<(), NetError> {
         if len == 0 {

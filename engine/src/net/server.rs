@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! Endpoint (ALPN tandem/stream/1)
-//!   '- accept loop (max connections; refuses the rest)
-//!        '- per connection: allow-list check once, then accept_bi loop
-//!             '- per stream (max concurrent per connection, `busy` above): read header,
-//!                check, resolver(stream) -> sizes, loader(stream, track, start, len) -> bytes
+//!   '- accept loop (handshakes in progress capped, each bounded by a timeout)
+//!        '- per connection, once the handshake names the peer:
+//!             allow-list (strangers closed at once, CLOSE_UNAUTHORIZED, no slot taken),
+//!             per-peer cap, then a connection slot (CLOSE_BUSY when either is full);
+//!             then accept_bi loop, closed with CLOSE_IDLE after the idle timeout
+//!             '- per stream (max concurrent per connection, `busy` above): read header
+//!                (within the header timeout), check, resolver(stream) -> sizes,
+//!                loader(stream, track, start, len) -> bytes
 //! ```
 //!
 //! The server knows names and sizes only through the resolver and bytes only through the
@@ -14,10 +18,10 @@
 //! Shutdown is explicit: [`ServerHandle::shutdown`] stops accepting, lets in-flight requests
 //! finish (bounded by a timeout) and closes the endpoint.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +33,8 @@ use tokio::task::JoinSet;
 use super::identity;
 use super::protocol::{
     encode_frame, read_frame, ErrorCode, FrameError, NetError, ReadRangeOk, ReadWindow, Request,
-    ResponseHeader, StreamInfo, ALPN, MAX_REQUEST_HEADER,
+    ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_IDLE, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED,
+    MAX_REQUEST_HEADER,
 };
 
 /// Describes a stream: `Ok(None)` when there is no such stream. The server replaces
@@ -89,7 +94,11 @@ impl Server {
             allow: None,
             window: ReadWindow::default(),
             max_connections: 256,
+            max_connections_per_peer: 8,
             max_requests_per_connection: 64,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             internet: false,
             shutdown_timeout: Duration::from_secs(5),
@@ -106,8 +115,16 @@ pub struct ServerBuilder<R, L> {
     /// ID52s allowed to ask anything; everyone when `None`.
     allow: Option<Vec<String>>,
     window: ReadWindow,
-    /// Connections beyond this are refused during the handshake.
+    /// Connections beyond this are closed as soon as their handshake ends.
     max_connections: usize,
+    /// Connections one peer may hold at once, so one peer cannot take every slot.
+    max_connections_per_peer: usize,
+    /// A handshake that takes longer is dropped.
+    handshake_timeout: Duration,
+    /// A request whose header has not arrived after this long is answered `bad_request`.
+    header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    idle_timeout: Duration,
     /// QUIC stream credit per connection; requests above it (if a client ignores the credit)
     /// get `busy`.
     max_requests_per_connection: usize,
@@ -134,7 +151,8 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
         self.secret_key = Some(key);
         self
     }
-    /// Only these ID52s may use the server; others get `unauthorized` for every request.
+    /// Only these ID52s may use the server; connections from others are closed as soon as
+    /// their handshake ends (clients see `unauthorized`).
     pub fn allow<I: IntoIterator<Item = S>, S: Into<String>>(mut self, id52s: I) -> Self {
         self.allow = Some(id52s.into_iter().map(Into::into).collect());
         self
@@ -145,6 +163,22 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
     }
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n.max(1);
+        self
+    }
+    pub fn max_connections_per_peer(mut self, n: usize) -> Self {
+        self.max_connections_per_peer = n.max(1);
+        self
+    }
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+    pub fn header_timeout(mut self, timeout: Duration) -> Self {
+        self.header_timeout = timeout;
+        self
+    }
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
     pub fn max_requests_per_connection(mut self, n: usize) -> Self {
@@ -202,10 +236,15 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
             allow,
             window: self.window,
             max_requests: self.max_requests_per_connection,
+            max_connections: self.max_connections,
+            max_per_peer: self.max_connections_per_peer,
+            handshake_timeout: self.handshake_timeout,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(endpoint.clone(), inner, shutdown_rx, self.max_connections));
+        let task = tokio::spawn(accept_loop(endpoint.clone(), inner, shutdown_rx));
         Ok(ServerHandle { id52: key.id52(), endpoint, shutdown_tx, task })
     }
 }
@@ -308,7 +347,44 @@ struct Inner<R, L> {
     allow: Option<HashSet<NodeId>>,
     window: ReadWindow,
     max_requests: usize,
+    max_connections: usize,
+    max_per_peer: usize,
+    handshake_timeout: Duration,
+    header_timeout: Duration,
+    idle_timeout: Duration,
     shutdown_timeout: Duration,
+}
+
+/// Open connections per peer; a [`PeerShare`] gives its place back when dropped.
+type PeerCounts = Arc<Mutex<HashMap<NodeId, usize>>>;
+
+struct PeerShare {
+    counts: PeerCounts,
+    peer: NodeId,
+}
+
+impl PeerShare {
+    fn take(counts: &PeerCounts, peer: NodeId, max: usize) -> Option<PeerShare> {
+        let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(peer).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerShare { counts: counts.clone(), peer })
+    }
+}
+
+impl Drop for PeerShare {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
@@ -322,32 +398,38 @@ async fn accept_loop<R: Resolver, L: Loader>(
     endpoint: Endpoint,
     inner: Arc<Inner<R, L>>,
     mut shutdown: watch::Receiver<bool>,
-    max_connections: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+    // Handshakes in progress are capped like connections: a flood of half-open handshakes
+    // is refused, not queued.
+    let handshakes = Arc::new(Semaphore::new(inner.max_connections));
+    let slots = Arc::new(Semaphore::new(inner.max_connections));
+    let per_peer: PeerCounts = Arc::default();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = wait_shutdown(&mut shutdown) => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    tracing::debug!("refusing a connection: {max_connections} already open");
+                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                    tracing::debug!("refusing a connection: too many handshakes in progress");
                     incoming.refuse();
                     continue;
                 };
-                let inner = inner.clone();
-                let shutdown = shutdown.clone();
+                let (inner, shutdown) = (inner.clone(), shutdown.clone());
+                let (slots, per_peer) = (slots.clone(), per_peer.clone());
                 connections.spawn(async move {
                     let connecting = match incoming.accept() {
                         Ok(c) => c,
                         Err(e) => return tracing::debug!("accept failed: {e}"),
                     };
-                    match connecting.await {
-                        Ok(conn) => serve_connection(conn, inner, shutdown).await,
-                        Err(e) => tracing::debug!("handshake failed: {e}"),
-                    }
-                    drop(slot);
+                    let conn = match tokio::time::timeout(inner.handshake_timeout, connecting).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => return tracing::debug!("handshake failed: {e}"),
+                        Err(_) => return tracing::debug!("handshake timed out"),
+                    };
+                    drop(handshake);
+                    let Some((_slot, _peer_share)) = admit(&conn, &inner, &slots, &per_peer) else { return };
+                    serve_connection(conn, inner, shutdown).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -359,19 +441,45 @@ async fn accept_loop<R: Resolver, L: Loader>(
     connections.abort_all();
 }
 
+/// Decides whether a connection whose handshake has ended may stay: the allow-list first
+/// (a stranger is closed at once and holds nothing), then its peer's share, then a slot.
+fn admit<R, L>(
+    conn: &Connection,
+    inner: &Inner<R, L>,
+    slots: &Arc<Semaphore>,
+    per_peer: &PeerCounts,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, PeerShare)> {
+    let Ok(peer) = conn.remote_node_id() else {
+        conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"no peer identity");
+        return None;
+    };
+    if inner.allow.as_ref().is_some_and(|allow| !allow.contains(&peer)) {
+        conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"not on this server's allow-list");
+        return None;
+    }
+    let Some(peer_share) = PeerShare::take(per_peer, peer, inner.max_per_peer) else {
+        tracing::debug!(%peer, "refusing a connection: the peer already holds {}", inner.max_per_peer);
+        conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections from this peer");
+        return None;
+    };
+    let Ok(slot) = slots.clone().try_acquire_owned() else {
+        tracing::debug!("refusing a connection: {} already open", inner.max_connections);
+        conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections");
+        return None;
+    };
+    Some((slot, peer_share))
+}
+
 async fn serve_connection<R: Resolver, L: Loader>(
     conn: Connection,
     inner: Arc<Inner<R, L>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let peer = conn.remote_node_id().ok();
-    let authorized = match (&inner.allow, peer) {
-        (None, _) => true,
-        (Some(allow), Some(peer)) => allow.contains(&peer),
-        (Some(_), None) => false,
-    };
     let slots = Arc::new(Semaphore::new(inner.max_requests));
     let mut requests = JoinSet::new();
+    let idle = tokio::time::sleep(inner.idle_timeout);
+    tokio::pin!(idle);
+    let (mut code, mut reason): (u32, &[u8]) = (CLOSE_SHUTDOWN, b"server shutting down");
     loop {
         tokio::select! {
             _ = wait_shutdown(&mut shutdown) => break,
@@ -379,16 +487,24 @@ async fn serve_connection<R: Resolver, L: Loader>(
                 let Ok((send, recv)) = accepted else { break };
                 let inner = inner.clone();
                 let slot = slots.clone().try_acquire_owned().ok();
-                requests.spawn(async move { serve_request(&inner, send, recv, authorized, slot).await });
+                requests.spawn(async move { serve_request(&inner, send, recv, slot).await });
             }
-            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() {
+                    idle.as_mut().reset(tokio::time::Instant::now() + inner.idle_timeout);
+                }
+            }
+            _ = &mut idle, if requests.is_empty() => {
+                (code, reason) = (CLOSE_IDLE, b"idle");
+                break;
+            }
         }
     }
     let _ =
         tokio::time::timeout(inner.shutdown_timeout, async { while requests.join_next().await.is_some() {} })
             .await;
     requests.abort_all();
-    conn.close(VarInt::from_u32(0), b"server shutting down");
+    conn.close(VarInt::from_u32(code), reason);
 }
 
 /// Reads one request, answers it, and waits until the client has the whole answer (so a
@@ -397,28 +513,31 @@ async fn serve_request<R: Resolver, L: Loader>(
     inner: &Inner<R, L>,
     mut send: SendStream,
     mut recv: RecvStream,
-    authorized: bool,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
-    let result = match read_frame(&mut recv, MAX_REQUEST_HEADER).await {
-        Err(FrameError::TooLarge { len, limit }) => {
+    let header = tokio::time::timeout(inner.header_timeout, read_frame(&mut recv, MAX_REQUEST_HEADER)).await;
+    let result = match header {
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(1));
+            Err(NetError::status(
+                ErrorCode::BadRequest,
+                format!("the request header did not arrive within {:?}", inner.header_timeout),
+            ))
+        }
+        Ok(Err(FrameError::TooLarge { len, limit })) => {
             let _ = recv.stop(VarInt::from_u32(1));
             Err(NetError::status(
                 ErrorCode::HeaderTooLarge,
                 format!("request header of {len} bytes exceeds {limit}"),
             ))
         }
-        Err(FrameError::Io(e)) => {
+        Ok(Err(FrameError::Io(e))) => {
             Err(NetError::status(ErrorCode::BadRequest, format!("incomplete header: {e}")))
         }
-        // Refuse before parsing or resolving: an unauthorized peer learns nothing.
-        Ok(_) if !authorized => {
-            Err(NetError::status(ErrorCode::Unauthorized, "not on this server's allow-list"))
-        }
-        Ok(_) if slot.is_none() => {
+        Ok(Ok(_)) if slot.is_none() => {
             Err(NetError::status(ErrorCode::Busy, "too many requests on this connection"))
         }
-        Ok(header) => match Request::decode(&header) {
+        Ok(Ok(header)) => match Request::decode(&header) {
             Ok(request) => answer(inner, request).await,
             Err(e) => Err(e),
         },

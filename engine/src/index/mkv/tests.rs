@@ -683,7 +683,8 @@ fn tail_without_blocks_of_the_track_leaves_duration_from_info_or_none() {
     let index = open(&file).expect("opens");
     assert_eq!(index.open_cost().reads, 1);
     assert_eq!(index.info().duration, Some(ms(160)));
-    // A tail of garbage: no duration, no error.
+    // A tail of garbage where the last cluster was: no error, and the duration comes from
+    // the last cluster the tail still holds.
     let mut bytes = file.to_vec();
     let n = bytes.len();
     let last = bytes.windows(4).rposition(|w| w == [0x1F, 0x43, 0xB6, 0x75]).expect("cluster");
