@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod inspect;
 mod peer;
+mod playback;
 
 #[derive(Debug, Parser)]
 #[command(name = "meeting-replay", version, about = "Replay recorded meetings, locally or from a peer")]
@@ -18,8 +19,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Play a meeting folder (for now: list its tracks and their indexes).
-    Play {
+    /// Play a meeting (a folder, or <id52>/<meeting> on a peer): in a window when there is a
+    /// display, headless otherwise.
+    Play(playback::PlayArgs),
+    /// Write the frame an accurate seek to a time shows on one track as a PNG.
+    Snapshot(playback::SnapshotArgs),
+    /// List a meeting folder's tracks and what opening their indexes costs.
+    Tracks {
         /// A meeting folder (with meeting.json).
         meeting: PathBuf,
     },
@@ -51,7 +57,9 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Play { meeting } => inspect::play(&meeting),
+        Command::Play(args) => playback::play(args),
+        Command::Snapshot(args) => playback::snapshot(args),
+        Command::Tracks { meeting } => inspect::play(&meeting),
         Command::Index { target, dial } => inspect::index(&target, &dial),
         Command::SeekRange { target, at, dial } => inspect::seek_range(&target, &at, &dial),
         Command::Serve(args) => peer::serve(args),

@@ -157,6 +157,23 @@ async fn dial(dial: &DialArgs, id52: &str) -> Result<(Client, PeerAddr)> {
     Ok((client, peer))
 }
 
+/// A meeting on a peer (`<id52>/<meeting>`), for the player. The runtime must outlive the
+/// meeting: its reads run there.
+pub fn open_remote_meeting(
+    target: &str,
+    dial_args: &DialArgs,
+) -> Result<(tokio::runtime::Runtime, tandem::player::Meeting)> {
+    let (id52, meeting, _) = parse_target(target, false)?;
+    let rt = runtime()?;
+    let opened = rt.block_on(async {
+        let (client, peer) = dial(dial_args, &id52).await?;
+        tandem::player::Meeting::from_peer(&client, &peer, &meeting)
+            .await
+            .with_context(|| format!("opening {meeting} on {id52}"))
+    })?;
+    Ok((rt, opened))
+}
+
 /// A remote track as a [`tandem::RangeSource`], for commands that index over the network. The
 /// runtime must outlive the track: its reads run there while the calling thread waits.
 pub fn open_remote_track(

@@ -184,7 +184,7 @@ impl RangeSource for Chunk<'_> {
 /// (a quarter second of transfer, or four round trips' worth), within 64 KiB to 4 MiB.
 #[derive(Debug, Clone)]
 pub(crate) struct RequestSizer {
-    /// Smoothed bytes per second of transfer (after the round trip).
+    /// Smoothed bytes per second, round trip included.
     throughput: f64,
     /// Smallest recent request latency: the round trip.
     rtt: Duration,
@@ -206,8 +206,9 @@ impl RequestSizer {
             // Let the floor drift up slowly so a route change is noticed.
             self.rtt += (elapsed - self.rtt) / 64;
         }
-        let transfer = elapsed.saturating_sub(self.rtt).max(Duration::from_micros(50));
-        let rate = bytes as f64 / transfer.as_secs_f64();
+        // Whole-request rate: conservative on far links, where the round trip is part of what
+        // a bigger request amortises.
+        let rate = bytes as f64 / elapsed.max(Duration::from_micros(50)).as_secs_f64();
         self.throughput = if self.samples == 0 { rate } else { self.throughput * 0.7 + rate * 0.3 };
         self.samples = self.samples.saturating_add(1);
     }
@@ -829,11 +830,19 @@ mod tests {
             sizer.record(1024 * 1024, Duration::from_millis(11));
         }
         assert!(sizer.request_bytes() >= 2 * 1024 * 1024, "{}", sizer.request_bytes());
+        // 10 ms away, 128 KB/s: a quarter second of transfer is below the floor.
         let mut slow = RequestSizer::new();
+        slow.record(1024, Duration::from_millis(10));
         for _ in 0..10 {
-            slow.record(64 * 1024, Duration::from_millis(500));
+            slow.record(64 * 1024, Duration::from_millis(510));
         }
         assert_eq!(slow.request_bytes(), RequestSizer::MIN);
+        // 500 ms away at the same rate: requests grow to cover four round trips.
+        let mut far = RequestSizer::new();
+        for _ in 0..10 {
+            far.record(128 * 1024, Duration::from_millis(1000));
+        }
+        assert!(far.request_bytes() >= 256 * 1024, "{}", far.request_bytes());
         assert!(sizer.request_bytes() <= RequestSizer::MAX);
     }
 

@@ -553,7 +553,8 @@ impl Inner {
             None
         };
         let (command_tx, command_rx) = crossbeam_channel::bounded(16);
-        let (item_tx, item_rx) = crossbeam_channel::bounded(64);
+        // Engine-decoded audio travels as one small PCM buffer per packet: room for seconds.
+        let (item_tx, item_rx) = crossbeam_channel::bounded(if engine_audio { 256 } else { 64 });
         let gate = Arc::new(Gate::new(command_tx, info.audio.map(|a| a.sample_rate)));
         let (on_video, on_audio) = match &self.options.output {
             Output::Callbacks { video, audio } => (video.clone(), audio.clone()),

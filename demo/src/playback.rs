@@ -1,0 +1,214 @@
+//! `play` and `snapshot`: the player from the command line.
+//!
+//! - `play <folder | id52/meeting>` plays a meeting in a window (when a display is there) or
+//!   headless, printing the cursor, each track's buffer and the captions as they come, until
+//!   the meeting ends, `--for` runs out, or Ctrl-C.
+//! - `snapshot ... --at T --track NAME -o frame.png` writes the frame an accurate seek to `T`
+//!   shows on that track, at the track's own size.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tandem::player::{Meeting, Output, Player, PlayerEvent, PlayerOptions, SeekMode, VideoFrame};
+use tandem::MediaTime;
+
+use crate::peer::{self, DialArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct PlayArgs {
+    /// A meeting folder (with meeting.json), or a peer's meeting: <id52>/<meeting>.
+    pub meeting: String,
+    #[command(flatten)]
+    pub dial: DialArgs,
+    /// Start here: 90, 1:30.5, 1500ms.
+    #[arg(long, default_value = "0")]
+    pub at: String,
+    /// Stop after this much meeting time.
+    #[arg(long = "for")]
+    pub duration: Option<String>,
+    /// Only these tracks (repeatable); all when absent.
+    #[arg(long = "track")]
+    pub tracks: Vec<String>,
+    /// No window and no sound, even with a display.
+    #[arg(long)]
+    pub headless: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SnapshotArgs {
+    /// A meeting folder, or a peer's meeting: <id52>/<meeting>.
+    pub meeting: String,
+    #[command(flatten)]
+    pub dial: DialArgs,
+    /// Meeting time of the frame: 90, 1:30.5, 1500ms.
+    #[arg(long)]
+    pub at: String,
+    /// The video track to take the frame from.
+    #[arg(long)]
+    pub track: String,
+    /// Output PNG file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+/// A meeting from a folder or a peer; the runtime (for a peer) must live as long as it.
+fn open_meeting(target: &str, dial: &DialArgs) -> Result<(Option<tokio::runtime::Runtime>, Meeting)> {
+    let path = std::path::Path::new(target);
+    if path.join("meeting.json").is_file() {
+        return Ok((None, Meeting::from_folder(path)?));
+    }
+    if path.exists() {
+        bail!("{} has no meeting.json", path.display());
+    }
+    let (rt, meeting) = peer::open_remote_meeting(target, dial)?;
+    Ok((Some(rt), meeting))
+}
+
+fn parse_time(text: &str) -> Result<MediaTime> {
+    MediaTime::parse(text).with_context(|| format!("{text:?} is not a time (90, 1:30.5, 1500ms)"))
+}
+
+fn has_display() -> bool {
+    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+}
+
+pub fn play(args: PlayArgs) -> Result<()> {
+    let (_rt, meeting) = open_meeting(&args.meeting, &args.dial)?;
+    let start = parse_time(&args.at)?;
+    let stop_after = args.duration.as_deref().map(parse_time).transpose()?;
+    let windowed = !args.headless && has_display();
+    println!(
+        "meeting {} ({})",
+        meeting.name(),
+        meeting.duration().map(|d| d.to_string()).unwrap_or_default()
+    );
+    for t in meeting.tracks() {
+        let spans: Vec<String> = t
+            .timeline
+            .spans()
+            .iter()
+            .map(|s| format!("{}-{}", s.start, s.end.map(|e| e.to_string()).unwrap_or_default()))
+            .collect();
+        println!(
+            "  {:<14} {:<9} {:<12} {:<8} {}",
+            t.name,
+            format!("{:?}", t.kind).to_lowercase(),
+            t.role,
+            t.participant.as_deref().unwrap_or("-"),
+            spans.join(", ")
+        );
+    }
+    let options = PlayerOptions {
+        output: if windowed { Output::Window } else { Output::Headless },
+        subscribe: (!args.tracks.is_empty()).then(|| args.tracks.clone()),
+        start_at: start,
+        ..PlayerOptions::default()
+    };
+    let opened = Instant::now();
+    let player = Player::open(meeting, options)?;
+    player.wait_seek(Duration::from_secs(20));
+    println!(
+        "{} at {start} in {:?} ({})",
+        if windowed { "showing" } else { "playing headless" },
+        opened.elapsed(),
+        player.subscribed().join(", ")
+    );
+    let events = player.events();
+    player.play()?;
+    let mut buffers: BTreeMap<Arc<str>, (MediaTime, f64)> = BTreeMap::new();
+    let mut last_status = Instant::now();
+    loop {
+        match events.recv_timeout(Duration::from_millis(200)) {
+            Ok(PlayerEvent::Caption { start, text, .. }) => println!("[{start}] {}", text.replace('\n', " ")),
+            Ok(PlayerEvent::TrackError { track, message }) => eprintln!("track {track} failed: {message}"),
+            Ok(PlayerEvent::Buffering { track, percent }) if percent < 100 => {
+                eprintln!("buffering {track}: {percent}%")
+            }
+            Ok(PlayerEvent::Buffer { track, buffered, throughput, .. }) => {
+                buffers.insert(track, (buffered, throughput));
+            }
+            Ok(PlayerEvent::EndOfMeeting) => {
+                println!("end of meeting at {}", MediaTime::from_millis(player.position().as_millis()));
+                break;
+            }
+            _ => {}
+        }
+        let position = MediaTime::from_millis(player.position().as_millis());
+        if stop_after.is_some_and(|d| position >= start.saturating_add(d)) {
+            println!("stopped at {position}");
+            break;
+        }
+        if last_status.elapsed() >= Duration::from_secs(1) {
+            last_status = Instant::now();
+            let figures: Vec<String> = buffers
+                .iter()
+                .map(|(t, (b, rate))| format!("{t} {:.1}s @{:.0} KB/s", b.as_secs_f64(), rate / 1000.0))
+                .collect();
+            println!("{position}  buffered: {}", figures.join("  "));
+        }
+    }
+    Ok(())
+}
+
+pub fn snapshot(args: SnapshotArgs) -> Result<()> {
+    let (_rt, meeting) = open_meeting(&args.meeting, &args.dial)?;
+    let at = parse_time(&args.at)?;
+    let Some(desc) = meeting.track(&args.track) else {
+        let names: Vec<&str> = meeting.tracks().iter().map(|t| &*t.name).collect();
+        bail!("no track {:?}; the meeting has {}", args.track, names.join(", "));
+    };
+    if desc.kind != tandem::manifest::TrackKind::Video {
+        bail!("{} is not a video track", args.track);
+    }
+    if !desc.timeline.is_active(at) {
+        bail!("{} shows nothing at {at} (its spans: {:?})", args.track, desc.timeline.spans());
+    }
+    let frame: Arc<Mutex<Option<VideoFrame>>> = Arc::default();
+    let slot = frame.clone();
+    let wanted_seek = Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+    let wanted = wanted_seek.clone();
+    let options = PlayerOptions {
+        output: Output::Callbacks {
+            video: Some(Arc::new(move |f: &VideoFrame| {
+                if f.seek == wanted.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if slot.is_none() {
+                        *slot = Some(f.clone());
+                    }
+                }
+            })),
+            audio: None,
+        },
+        subscribe: Some(vec![args.track.clone()]),
+        ..PlayerOptions::default()
+    };
+    let player = Player::open(meeting, options)?;
+    wanted_seek.store(player.seek_count() + 1, std::sync::atomic::Ordering::Relaxed);
+    player.seek(at, SeekMode::Accurate)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let frame = loop {
+        if let Some(f) = frame.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            break f;
+        }
+        if Instant::now() > deadline {
+            bail!("no frame of {} at {at} within 30 s", args.track);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    write_png(&args.output, &frame)?;
+    println!("{}: {} at {at}, {}x{}", args.output.display(), args.track, frame.width, frame.height);
+    Ok(())
+}
+
+fn write_png(path: &std::path::Path, frame: &VideoFrame) -> Result<()> {
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), frame.width, frame.height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header().context("writing the PNG header")?;
+    writer.write_image_data(&frame.to_rgb()).context("writing the PNG")?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `meeting-replay snapshot` and `play` as a person runs them: the PNG's stamp is read back
+//! from its pixels and compared with GStreamer's own decode of the same file.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use tandem::MediaTime;
+use tandem_tests::fixture_meeting;
+use tandem_tests::player::video_oracle;
+
+fn meeting_replay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meeting-replay"))
+}
+
+/// The stamp in a PNG written by `snapshot` (luma from RGB, BT.601).
+fn png_stamp(path: &Path) -> Result<(u32, u32, Option<u32>)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf)?;
+    ensure!(info.color_type == png::ColorType::Rgb, "not RGB: {:?}", info.color_type);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let luma: Vec<u8> = buf[..w * h * 3]
+        .chunks_exact(3)
+        .map(|p| (0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32 + 16.0) as u8)
+        .collect();
+    Ok((info.width, info.height, tandem_fixtures::stamp::read_stamp(&luma, w, w, h)))
+}
+
+#[test]
+fn snapshot_writes_the_frame_on_screen_at_the_time_at_the_tracks_size() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let oracle = video_oracle(&dir)?;
+    let out = tempfile::tempdir()?;
+    for (track, at_ms, size) in [
+        ("alice_video", 12_345, (640, 360)),
+        ("screen_share", 33_500, (1280, 720)),
+        ("bob_video", 41_010, (640, 360)),
+    ] {
+        let png = out.path().join(format!("{track}.png"));
+        let status = meeting_replay()
+            .args(["snapshot", &dir.to_string_lossy(), "--at", &format!("{at_ms}ms"), "--track", track, "-o"])
+            .arg(&png)
+            .status()
+            .context("running meeting-replay")?;
+        ensure!(status.success(), "snapshot of {track} failed: {status}");
+        let (w, h, stamp) = png_stamp(&png)?;
+        ensure!((w, h) == size, "{track}: {w}x{h}, expected {size:?}");
+        let expected = oracle[track].on_screen_at(MediaTime::from_millis(at_ms));
+        ensure!(stamp == expected, "{track} at {at_ms} ms: stamp {stamp:?}, expected {expected:?}");
+    }
+    // A time where the track shows nothing is a clear error, not a black picture.
+    let output = meeting_replay()
+        .args(["snapshot", &dir.to_string_lossy(), "--at", "28", "--track", "screen_share", "-o"])
+        .arg(out.path().join("none.png"))
+        .output()?;
+    ensure!(!output.status.success(), "a snapshot between spans succeeded");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(stderr.contains("shows nothing"), "unclear error: {stderr}");
+    Ok(())
+}
+
+#[test]
+fn play_runs_headless_without_a_display_and_prints_captions_and_progress() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let output = meeting_replay()
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .args(["play", &dir.to_string_lossy(), "--at", "9", "--for", "3"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "play failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    ensure!(stdout.contains("playing headless at 0:09.000"), "{stdout}");
+    ensure!(stdout.contains("seek benchmark"), "the caption current at 9.6 s was not printed:\n{stdout}");
+    ensure!(stdout.contains("stopped at 0:12"), "{stdout}");
+    Ok(())
+}
