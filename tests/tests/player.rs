@@ -127,8 +127,9 @@ fn check_sync(recorder: &Recorder, mark: usize, what: &str, problems: &mut Vec<S
         };
         let skew = clock.as_millis() - i64::from(stamp);
         let frame_ms = frame_interval_ms(&f.track);
-        // The frame on screen at `clock` started at most one frame before it.
-        if !(-2..=frame_ms).contains(&skew) {
+        // The frame on screen at `clock` started at most one frame before it (plus the few ms
+        // a loaded machine takes to run the callback after the clock wait; stamps are whole ms).
+        if !(-2..=frame_ms + 5).contains(&skew) {
             problems
                 .push(format!("{what}: {} stamp {stamp} shown at clock {clock} (skew {skew} ms)", f.track));
         }
@@ -607,5 +608,46 @@ fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()>
     check_sync(&recorder, 0, "0.6x link", &mut problems);
     ensure!(problems.is_empty(), "{}", problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
     eprintln!("0.6x link: {} buffering events, cursor advanced {advanced} in 12 s", buffering.len());
+    Ok(())
+}
+
+#[test]
+fn the_webrtc_meeting_plays_and_seeks_in_sync() -> Result<()> {
+    // Fragmented MP4, WebM without Cues, Opus and MP3 (both audio tracks play).
+    let dir = fixture_meeting("meeting-webrtc");
+    let recorder = Recorder::default();
+    let player = Player::open(
+        Meeting::from_folder(&dir)?,
+        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
+    )?;
+    let mut problems = Vec::new();
+    let mark = recorder.mark();
+    player.play()?;
+    std::thread::sleep(Duration::from_secs(4));
+    check_sync(&recorder, mark.0, "webrtc from the start", &mut problems);
+    for (t, pauses) in [(12_500i64, 0), (2_750, 3)] {
+        player.seek(MediaTime::from_millis(t), SeekMode::Accurate)?;
+        ensure!(player.wait_seek(Duration::from_secs(10)), "seek to {t}");
+        let mark = recorder.mark().0;
+        for _ in 0..pauses {
+            player.pause()?;
+            std::thread::sleep(Duration::from_millis(150));
+            player.play()?;
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        check_sync(&recorder, mark, &format!("webrtc after seeking to {t}"), &mut problems);
+    }
+    let audio = recorder.audio_since(mark.1);
+    for track in ["mixed_audio", "dialin_audio"] {
+        let heard = audio.iter().filter(|a| &*a.track == track).count();
+        ensure!(heard > 50, "{track}: only {heard} audio buffers");
+    }
+    ensure!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
+    );
     Ok(())
 }
