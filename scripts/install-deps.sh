@@ -13,7 +13,11 @@ PACKAGES=(
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
   gstreamer1.0-tools
+  gstreamer1.0-x
   ffmpeg
+  # The window test: a virtual display and a screenshot of it.
+  xvfb
+  x11-apps
 )
 
 missing=()

@@ -6,8 +6,8 @@
 //!           ! scaletempo (pitch kept at other rates) ! audioconvert ! audioresample ! sink
 //! ```
 //!
-//! Every branch ends in its own clock-synced sink (an `appsink` for callbacks and headless
-//! runs, an `autovideosink`/`autoaudiosink` for a window), so no aggregator ever waits for a
+//! Every branch ends in its own clock-synced sink (an `appsink`; audio for a window goes to an
+//! `autoaudiosink`, the speakers), so no aggregator ever waits for a
 //! track that has nothing to show and a track can join or leave without touching the others.
 
 use std::sync::Arc;
@@ -190,7 +190,7 @@ pub(crate) fn build(
             hide_outside_spans(&dec, timeline.clone());
             elements.push(dec);
             elements.push(make("videoconvert", format!("{track}-convert"))?);
-            elements.push(video_sink(track, output, context, joining)?);
+            elements.push(video_sink(track, context, joining)?);
         }
         TrackKind::Audio => {
             if !engine_audio {
@@ -286,19 +286,9 @@ fn appsink(name: String, caps: gst::Caps, joining: bool, context: &Arc<SinkConte
     sink
 }
 
-fn video_sink(
-    track: &str,
-    output: &Output,
-    context: Arc<SinkContext>,
-    joining: bool,
-) -> Result<gst::Element, PlayerError> {
-    if matches!(output, Output::Window) {
-        let sink = make_any(&["autovideosink"], format!("{track}-sink"))?;
-        if joining {
-            sink.set_property("async-handling", true);
-        }
-        return Ok(sink);
-    }
+/// Video always ends in an appsink: callbacks get its frames, and the window (`window.rs`)
+/// shows what it renders.
+fn video_sink(track: &str, context: Arc<SinkContext>, joining: bool) -> Result<gst::Element, PlayerError> {
     let caps = gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build();
     let sink = appsink(format!("{track}-sink"), caps, joining, &context);
     let preroll_context = context.clone();
@@ -327,9 +317,25 @@ fn audio_sink(
     joining: bool,
 ) -> Result<gst::Element, PlayerError> {
     if matches!(output, Output::Window) {
-        let sink = make_any(&["autoaudiosink"], format!("{track}-sink"))?;
+        let sink = speakers(format!("{track}-sink"))?;
         if joining {
-            sink.set_property("async-handling", true);
+            sink.set_property("async", false);
+        }
+        // No callbacks here: seek completion and the render count come from the sink's pad.
+        if let Some(pad) = sink.static_pad("sink") {
+            pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
+                match &probe.data {
+                    Some(gst::PadProbeData::Buffer(_)) => {
+                        context.first_buffer();
+                        context.stats.count_rendered();
+                    }
+                    Some(gst::PadProbeData::Event(e)) if e.type_() == gst::EventType::FlushStop => {
+                        context.flushed()
+                    }
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            });
         }
         return Ok(sink);
     }
@@ -353,6 +359,24 @@ fn audio_sink(
             .build(),
     );
     Ok(sink.upcast())
+}
+
+/// The first audio output that opens (PulseAudio, PipeWire, ALSA); without any, a clock-synced
+/// fake sink so the meeting still plays in sync, silently. (`autoaudiosink` may pick a sink
+/// that opens but never prerolls on a machine without sound, which stalls the pipeline.)
+fn speakers(name: String) -> Result<gst::Element, PlayerError> {
+    for factory in ["pulsesink", "pipewiresink", "alsasink"] {
+        let Ok(sink) = gst::ElementFactory::make(factory).name(name.as_str()).build() else { continue };
+        if sink.set_state(gst::State::Ready).is_ok() {
+            let _ = sink.set_state(gst::State::Null);
+            return Ok(sink);
+        }
+        let _ = sink.set_state(gst::State::Null);
+    }
+    tracing::warn!("no audio output could be opened: playing audio silently");
+    let sink = make("fakesink", name)?;
+    sink.set_property("sync", true);
+    Ok(sink)
 }
 
 /// Meeting time of the buffer, and of the sink's clock now, through the sample's segment.

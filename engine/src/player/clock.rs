@@ -49,6 +49,9 @@ impl Inner {
     fn watch_spans(&self, position: MediaTime, seen: &mut Vec<(Arc<str>, bool)>) {
         for desc in self.subscribed_descs() {
             let now = desc.timeline.is_active(position);
+            if let Some(window) = &self.window {
+                window.set_visible(&desc.name, now);
+            }
             match seen.iter_mut().find(|(name, _)| *name == desc.name) {
                 Some((_, was)) if *was == now => {}
                 Some((_, was)) => {

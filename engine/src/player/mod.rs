@@ -64,6 +64,7 @@ mod meeting;
 mod output;
 mod seek;
 mod timeline;
+mod window;
 
 pub use events::PlayerEvent;
 pub use fetcher::TrackStats;
@@ -189,6 +190,8 @@ pub(crate) struct Inner {
     play: Mutex<PlayState>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The grid of video tracks, with [`Output::Window`].
+    window: Option<Arc<window::GridWindow>>,
 }
 
 /// Plays one meeting. Dropping it stops everything it started.
@@ -220,6 +223,18 @@ impl Player {
         let pipeline = gst::Pipeline::with_name("tandem");
         let (events, events_rx) = EventSink::new();
         let seeks = Arc::new(SeekTracker::new(events.clone()));
+        let window = match options.output {
+            Output::Window => {
+                let videos: Vec<Arc<str>> = meeting
+                    .tracks()
+                    .iter()
+                    .filter(|t| t.kind == TrackKind::Video)
+                    .map(|t| t.name.clone())
+                    .collect();
+                Some(Arc::new(window::GridWindow::open(&videos)?))
+            }
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             meeting,
             options,
@@ -238,6 +253,7 @@ impl Player {
             }),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
+            window,
         });
         let player = Player { inner: inner.clone() };
         let names: Vec<String> = match &inner.options.subscribe {
@@ -556,8 +572,13 @@ impl Inner {
         // Engine-decoded audio travels as one small PCM buffer per packet: room for seconds.
         let (item_tx, item_rx) = crossbeam_channel::bounded(if engine_audio { 256 } else { 64 });
         let gate = Arc::new(Gate::new(command_tx, info.audio.map(|a| a.sample_rate)));
-        let (on_video, on_audio) = match &self.options.output {
-            Output::Callbacks { video, audio } => (video.clone(), audio.clone()),
+        let (on_video, on_audio) = match (&self.options.output, &self.window) {
+            (Output::Callbacks { video, audio }, _) => (video.clone(), audio.clone()),
+            (Output::Window, Some(window)) => {
+                let window = window.clone();
+                let show: VideoCallback = Arc::new(move |frame: &VideoFrame| window.show(frame));
+                (Some(show), None)
+            }
             _ => (None, None),
         };
         let context = Arc::new(SinkContext {
@@ -651,6 +672,9 @@ impl Inner {
             gate.close();
             branch.detach(&self.pipeline);
             self.seeks.forget(&desc.name);
+            if let Some(window) = &self.window {
+                window.set_visible(&desc.name, false);
+            }
         }
         true
     }
