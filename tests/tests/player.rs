@@ -651,3 +651,42 @@ fn the_webrtc_meeting_plays_and_seeks_in_sync() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn fast_seeks_snap_the_cursor_to_a_keyframe() -> Result<()> {
+    let dir = fixture_meeting("meeting");
+    let oracle = video_oracle(&dir)?;
+    // alice's keyframes (the first video track) per ffprobe, in meeting time.
+    let keyframes: Vec<i64> = tandem_tests::ffprobe_packets(&dir.join("alice_video.mp4"))?
+        .iter()
+        .filter(|p| p.keyframe)
+        .filter_map(|p| p.pts_ms)
+        .map(|ms| ms.round() as i64)
+        .collect();
+    let recorder = Recorder::default();
+    let player = Player::open(
+        Meeting::from_folder(&dir)?,
+        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
+    )?;
+    for t in [7_777i64, 31_234, 52_100] {
+        let mark = recorder.mark().0;
+        let landed = player.seek(MediaTime::from_millis(t), SeekMode::Fast)?;
+        ensure!(player.wait_seek(Duration::from_secs(10)), "fast seek to {t}");
+        let expected = keyframes.iter().copied().filter(|k| *k <= t).max().unwrap_or(0);
+        ensure!(
+            (landed.as_millis() - expected).abs() <= 1,
+            "fast seek to {t} landed at {landed}, keyframe {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let frames = recorder.frames_since(mark);
+        for (track, truth) in &oracle {
+            let Some(want) = truth.on_screen_at(landed) else { continue };
+            let first = frames.iter().find(|f| &*f.track == track).and_then(|f| f.stamp);
+            ensure!(
+                first == Some(want),
+                "fast seek to {t} ({landed}): {track} showed {first:?}, expected {want}"
+            );
+        }
+    }
+    Ok(())
+}

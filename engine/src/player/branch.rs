@@ -345,9 +345,9 @@ fn audio_sink(
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
             .new_preroll(move |sink| {
-                if let Ok(sample) = sink.pull_preroll() {
+                // The prerolled buffer is handed over when it plays; here it only completes a seek.
+                if sink.pull_preroll().is_ok() {
                     preroll_context.first_buffer();
-                    let _ = sample;
                 }
                 Ok(gst::FlowSuccess::Ok)
             })

@@ -48,12 +48,10 @@ pub(crate) struct Gate {
     cond: Condvar,
     /// Dropped on close, which ends the fetcher.
     commands: Mutex<Option<Sender<Start>>>,
-    /// Audio buffers carry `AudioClippingMeta` in this format (samples at the track's rate).
-    pub(crate) audio_rate: Option<u32>,
 }
 
 impl Gate {
-    pub(crate) fn new(commands: Sender<Start>, audio_rate: Option<u32>) -> Gate {
+    pub(crate) fn new(commands: Sender<Start>) -> Gate {
         Gate {
             state: Mutex::new(GateState {
                 generation: 0,
@@ -64,7 +62,6 @@ impl Gate {
             }),
             cond: Condvar::new(),
             commands: Mutex::new(Some(commands)),
-            audio_rate,
         }
     }
 
@@ -160,7 +157,7 @@ fn feed(appsrc: &gst_app::AppSrc, gate: &Gate, items: &Receiver<Tagged>) {
         let Some(_guard) = gate.ready(tagged.generation) else { continue };
         match tagged.item {
             Item::Buffer(packet) => {
-                let buffer = to_buffer(packet, gate.audio_rate);
+                let buffer = to_buffer(packet);
                 // Flushing or EOS mean a seek or a state change is under way: drop it.
                 let _ = appsrc.push_buffer(buffer);
             }
@@ -180,7 +177,7 @@ pub(crate) fn clock_time(t: MediaTime) -> gst::ClockTime {
 }
 
 /// A GStreamer buffer around the packet's bytes (no copy), with its times and flags.
-fn to_buffer(packet: Packet, audio_rate: Option<u32>) -> gst::Buffer {
+fn to_buffer(packet: Packet) -> gst::Buffer {
     let mut buffer = gst::Buffer::from_slice(packet.data);
     {
         let b = buffer.make_mut();
@@ -199,14 +196,12 @@ fn to_buffer(packet: Packet, audio_rate: Option<u32>) -> gst::Buffer {
         }
         b.set_flags(flags);
         if packet.clip_start > 0 {
-            if let Some(rate) = audio_rate {
-                let _ = rate;
-                gst_audio::AudioClippingMeta::add(
-                    b,
-                    gst::format::Default::from_u64(packet.clip_start),
-                    gst::format::Default::from_u64(0),
-                );
-            }
+            // Samples (at the stream's rate) the decoder drops from the start of its output.
+            gst_audio::AudioClippingMeta::add(
+                b,
+                gst::format::Default::from_u64(packet.clip_start),
+                gst::format::Default::from_u64(0),
+            );
         }
     }
     buffer

@@ -25,11 +25,11 @@
 //!
 //! # Example
 //! Play two tracks of the bundled meeting headless for a moment:
-//! ```no_run
+//! ```
 //! use tandem::player::{Meeting, Output, Player, PlayerOptions, SeekMode};
 //! use tandem::MediaTime;
 //!
-//! let meeting = Meeting::from_folder("fixtures/meeting")?;
+//! let meeting = Meeting::from_folder(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/meeting"))?;
 //! let options = PlayerOptions {
 //!     output: Output::Headless,
 //!     subscribe: Some(vec!["alice_video".into(), "mixed_audio".into()]),
@@ -39,7 +39,7 @@
 //! player.seek(MediaTime::from_secs(12), SeekMode::Accurate)?;
 //! player.play()?;
 //! std::thread::sleep(std::time::Duration::from_secs(2));
-//! println!("at {}", player.position());
+//! assert!(player.position() > MediaTime::from_millis(13_500));
 //! # Ok::<(), tandem::player::PlayerError>(())
 //! ```
 
@@ -571,7 +571,7 @@ impl Inner {
         let (command_tx, command_rx) = crossbeam_channel::bounded(16);
         // Engine-decoded audio travels as one small PCM buffer per packet: room for seconds.
         let (item_tx, item_rx) = crossbeam_channel::bounded(if engine_audio { 256 } else { 64 });
-        let gate = Arc::new(Gate::new(command_tx, info.audio.map(|a| a.sample_rate)));
+        let gate = Arc::new(Gate::new(command_tx));
         let (on_video, on_audio) = match (&self.options.output, &self.window) {
             (Output::Callbacks { video, audio }, _) => (video.clone(), audio.clone()),
             (Output::Window, Some(window)) => {
