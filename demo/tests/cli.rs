@@ -163,22 +163,20 @@ impl Drop for Child {
 
 #[test]
 fn play_shows_the_video_tracks_in_a_grid_window_in_sync() -> Result<()> {
-    let display = ":77";
-    let _xvfb = Child(
-        Command::new("Xvfb")
-            .args([display, "-screen", "0", "1600x900x24", "-nolisten", "tcp"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("starting Xvfb (run scripts/install-deps.sh)")?,
-    );
-    let socket = Path::new("/tmp/.X11-unix/X77");
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    ensure!(socket.exists(), "Xvfb did not start");
+    // Xvfb picks a free display and writes its number to the pipe once it accepts clients.
+    let mut xvfb = Command::new("Xvfb")
+        .args(["-displayfd", "1", "-screen", "0", "1600x900x24", "-nolisten", "tcp"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting Xvfb (run scripts/install-deps.sh)")?;
+    let stdout = xvfb.stdout.take().context("Xvfb without stdout")?;
+    let _xvfb = Child(xvfb);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    let number: u32 = line.trim().parse().with_context(|| format!("Xvfb said {line:?}"))?;
+    let display = format!(":{number}");
+    let display = display.as_str();
     let dir = fixture_meeting("meeting");
     let _player = Child(
         meeting_replay()

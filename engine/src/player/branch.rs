@@ -158,8 +158,10 @@ pub(crate) fn build(
         .build();
     {
         let gate = gate.clone();
+        let need = gate.clone();
         appsrc.set_callbacks(
             gst_app::AppSrcCallbacks::builder()
+                .need_data(move |_, _| need.on_need_data())
                 .seek_data(move |_, target| {
                     gate.on_seek_data(MediaTime::from_nanos(target.min(i64::MAX as u64) as i64));
                     true

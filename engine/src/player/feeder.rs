@@ -5,7 +5,9 @@
 //! (and once at start-up); the gate bumps the track's generation there and starts the fetcher
 //! on the target. appsrc throws away whatever is pushed between `seek-data` and the
 //! FLUSH_STOP that follows (GSTREAMER.md), so the feeder holds the new generation's data until
-//! a pad probe has seen that FLUSH_STOP. Pushes are non-blocking and happen under the gate's
+//! a pad probe has seen that FLUSH_STOP. Seeks without a flush (start-up, a join) empty the
+//! queue too, right after `seek-data` returns: there the feeder waits for the `need-data` that
+//! follows. (Pushing at once lost a keyframe in about one start in three.) Pushes are non-blocking and happen under the gate's
 //! lock, so an item of an older generation can never slip in after a seek; back-pressure comes
 //! from polling the appsrc queue level instead of `block=true`.
 
@@ -36,6 +38,8 @@ struct GateState {
     flushed: u64,
     /// The next `seek-data` comes from a flushing seek.
     flush_expected: bool,
+    /// A seek without a flush (start-up, a join) is done once appsrc asks for data.
+    awaiting_need_data: bool,
     /// How the next start fetches.
     next_mode: StartMode,
     closed: bool,
@@ -57,6 +61,7 @@ impl Gate {
                 generation: 0,
                 flushed: 0,
                 flush_expected: false,
+                awaiting_need_data: false,
                 next_mode: StartMode::Accurate,
                 closed: false,
             }),
@@ -80,9 +85,11 @@ impl Gate {
     pub(crate) fn on_seek_data(&self, target: MediaTime) {
         let mut state = self.lock();
         state.generation += 1;
-        if !std::mem::take(&mut state.flush_expected) {
-            state.flushed = state.generation;
-        }
+        // appsrc empties its queue after this callback returns, with or without a flush: what
+        // is pushed before then is lost. A flushing seek is over at its FLUSH_STOP; one
+        // without (start-up, a join) when the streaming thread, back on an empty queue, asks
+        // for data.
+        state.awaiting_need_data = !std::mem::take(&mut state.flush_expected);
         let mode = std::mem::replace(&mut state.next_mode, StartMode::Accurate);
         let start = Start { generation: state.generation, target, mode };
         drop(state);
@@ -93,6 +100,16 @@ impl Gate {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => {}
                 Err(TrySendError::Full(_)) => tracing::warn!("fetcher command queue full; seek dropped"),
             }
+        }
+    }
+
+    /// appsrc's `need-data`: after a seek without a flush, the current generation may push.
+    pub(crate) fn on_need_data(&self) {
+        let mut state = self.lock();
+        if std::mem::take(&mut state.awaiting_need_data) {
+            state.flushed = state.generation;
+            drop(state);
+            self.cond.notify_all();
         }
     }
 

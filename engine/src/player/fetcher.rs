@@ -645,7 +645,10 @@ impl Fetcher {
         let dts = span.to_meeting(sample.dts);
         let mut packet = Packet {
             pts: pts.max(MediaTime::ZERO),
-            dts: (dts >= MediaTime::ZERO).then_some(dts),
+            // Decoders order frames by PTS. CMAF files with negative composition offsets put
+            // a B-frame's PTS before its DTS, which made decoders retime frames by one: video
+            // goes without DTS (audio keeps it where it is valid).
+            dts: (!is_video && dts >= MediaTime::ZERO && dts <= pts).then_some(dts),
             duration,
             data,
             keyframe: sample.keyframe,
