@@ -26,8 +26,7 @@ fn accurate_seeks_on(name: &str, meeting: Meeting, seed: u64, seeks: usize) -> R
     let oracle = video_oracle(&dir)?;
     let duration = meeting.duration().unwrap_or(MediaTime::from_secs(20));
     let recorder = Recorder::default();
-    let player =
-        Player::open(meeting, PlayerOptions { output: recorder.output(), ..PlayerOptions::default() })?;
+    let player = open_recorded(meeting, &recorder)?;
     player.play()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut problems = Vec::new();
@@ -160,10 +159,7 @@ fn frame_interval_ms(track: &str) -> i64 {
 fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()> {
     let dir = fixture_meeting("meeting");
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(&dir)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(&dir)?, &recorder)?;
     let mut problems = Vec::new();
 
     player.seek(MediaTime::from_secs(8), SeekMode::Accurate)?;
@@ -199,6 +195,12 @@ fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()
         player.position().saturating_sub(from).as_millis() as f64 / started.elapsed().as_millis() as f64;
     check_sync(&recorder, mark, "at 1.5x", &mut problems);
     ensure!((1.35..=1.6).contains(&advanced), "at 1.5x the cursor moved {advanced:.2}x wall time");
+    no_problems(&problems)?;
+    Ok(())
+}
+
+/// Fails with every problem found (the first 30 of them).
+fn no_problems(problems: &[String]) -> Result<()> {
     ensure!(
         problems.is_empty(),
         "{} problems:\n{}",
@@ -206,6 +208,11 @@ fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()
         problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
     );
     Ok(())
+}
+
+/// A player on `meeting` whose callbacks feed `recorder`, every track subscribed.
+fn open_recorded(meeting: Meeting, recorder: &Recorder) -> Result<Player> {
+    Ok(Player::open(meeting, PlayerOptions { output: recorder.output(), ..PlayerOptions::default() })?)
 }
 
 /// The longest pause between two rendered frames of `track` among `frames`.
@@ -278,12 +285,7 @@ fn tracks_join_and_leave_while_playing_without_disturbing_the_others() -> Result
     ensure!(pause < Duration::from_millis(150), "alice paused {pause:?} during 50 subscribe cycles");
     check_sync(&recorder, mark, "50 subscribe cycles", &mut problems);
     eprintln!("50 cycles took {:?}", cycles.elapsed());
-    ensure!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
-    );
+    no_problems(&problems)?;
     Ok(())
 }
 
@@ -291,10 +293,7 @@ fn tracks_join_and_leave_while_playing_without_disturbing_the_others() -> Result
 fn inactive_tracks_never_stall_the_others() -> Result<()> {
     let dir = fixture_meeting("meeting");
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(&dir)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(&dir)?, &recorder)?;
     let mut problems = Vec::new();
     // Before bob joins (5 s), between the screen-share spans (25-32 s), after bob leaves (50 s).
     for (from, secs) in [(3_500u64, 3u64), (24_000, 9), (49_000, 3)] {
@@ -329,12 +328,7 @@ fn inactive_tracks_never_stall_the_others() -> Result<()> {
         }
         check_sync(&recorder, mark, &format!("from {from} ms"), &mut problems);
     }
-    ensure!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
-    );
+    no_problems(&problems)?;
     Ok(())
 }
 
@@ -377,10 +371,7 @@ fn preview_seeks_show_a_keyframe_on_every_track_before_the_accurate_frame() -> R
         keyframes.insert(track.name.clone(), stamps);
     }
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(&dir)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(&dir)?, &recorder)?;
     let mut problems = Vec::new();
     let mut preview_times = Vec::new();
     for (i, t) in [13_377i64, 38_911, 21_003, 44_444, 7_250].into_iter().enumerate() {
@@ -474,10 +465,7 @@ fn a_track_whose_file_is_corrupt_mid_way_fails_alone() -> Result<()> {
     }
     std::fs::write(&bob, bytes)?;
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(dir.path())?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(dir.path())?, &recorder)?;
     let events = player.events();
     player.seek(MediaTime::from_secs(21), SeekMode::Accurate)?;
     player.play()?;
@@ -556,10 +544,7 @@ fn throttled_meeting(times: f64) -> Result<Meeting> {
 #[test]
 fn a_slow_link_at_three_times_the_bitrate_plays_without_stalls() -> Result<()> {
     let recorder = Recorder::default();
-    let player = Player::open(
-        throttled_meeting(3.0)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(throttled_meeting(3.0)?, &recorder)?;
     let events = player.events();
     let started = Instant::now();
     player.seek(MediaTime::from_secs(20), SeekMode::Accurate)?;
@@ -587,10 +572,7 @@ fn a_slow_link_at_three_times_the_bitrate_plays_without_stalls() -> Result<()> {
 #[test]
 fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()> {
     let recorder = Recorder::default();
-    let player = Player::open(
-        throttled_meeting(0.6)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(throttled_meeting(0.6)?, &recorder)?;
     let events = player.events();
     player.seek(MediaTime::from_secs(20), SeekMode::Accurate)?;
     ensure!(player.wait_seek(Duration::from_secs(30)), "seek over the slow link");
@@ -624,10 +606,7 @@ fn the_webrtc_meeting_plays_and_seeks_in_sync() -> Result<()> {
     // Fragmented MP4, WebM without Cues, Opus and MP3 (both audio tracks play).
     let dir = fixture_meeting("meeting-webrtc");
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(&dir)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(&dir)?, &recorder)?;
     let mut problems = Vec::new();
     let mark = recorder.mark();
     player.play()?;
@@ -656,12 +635,7 @@ fn the_webrtc_meeting_plays_and_seeks_in_sync() -> Result<()> {
         let heard = audio.iter().filter(|a| &*a.track == track).count();
         ensure!(heard > 50, "{track}: only {heard} audio buffers");
     }
-    ensure!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.iter().take(30).cloned().collect::<Vec<_>>().join("\n")
-    );
+    no_problems(&problems)?;
     Ok(())
 }
 
@@ -677,10 +651,7 @@ fn fast_seeks_snap_the_cursor_to_a_keyframe() -> Result<()> {
         .map(|ms| ms.round() as i64)
         .collect();
     let recorder = Recorder::default();
-    let player = Player::open(
-        Meeting::from_folder(&dir)?,
-        PlayerOptions { output: recorder.output(), ..PlayerOptions::default() },
-    )?;
+    let player = open_recorded(Meeting::from_folder(&dir)?, &recorder)?;
     for t in [7_777i64, 31_234, 52_100] {
         let mark = recorder.mark().0;
         let landed = player.seek(MediaTime::from_millis(t), SeekMode::Fast)?;
