@@ -674,3 +674,32 @@ fn fast_seeks_snap_the_cursor_to_a_keyframe() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_track_that_cannot_be_opened_is_reported_and_the_others_play() -> Result<()> {
+    let source = fixture_meeting("meeting");
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(&source)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
+    }
+    std::fs::write(dir.path().join("screen_share.mkv"), vec![0u8; 4096])?;
+    let recorder = Recorder::default();
+    let player = open_recorded(Meeting::from_folder(dir.path())?, &recorder)?;
+    let error = player.events().try_iter().find_map(|e| match e {
+        tandem::player::PlayerEvent::TrackError { track, message } => Some((track, message)),
+        _ => None,
+    });
+    let Some((track, message)) = error else { anyhow::bail!("no error for the unreadable screen share") };
+    ensure!(&*track == "screen_share", "the error names {track}: {message}");
+    ensure!(
+        !player.subscribed().iter().any(|t| &**t == "screen_share"),
+        "the broken track is still subscribed"
+    );
+    player.seek(MediaTime::from_secs(15), SeekMode::Accurate)?;
+    ensure!(player.wait_seek(Duration::from_secs(10)), "the other tracks did not seek");
+    let shown =
+        recorder.frames.lock().map(|f| f.iter().filter(|f| &*f.track == "alice_video").count()).unwrap_or(0);
+    ensure!(shown > 0, "alice showed nothing");
+    Ok(())
+}

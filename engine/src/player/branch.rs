@@ -242,7 +242,11 @@ impl Branch {
     /// Adds the branch to `pipeline` and links it.
     pub(crate) fn attach(&self, pipeline: &gst::Pipeline) -> Result<(), PlayerError> {
         pipeline.add_many(&self.elements).map_err(|e| PlayerError::Gst(e.to_string()))?;
-        gst::Element::link_many(&self.elements).map_err(|e| PlayerError::Gst(format!("linking: {e}")))?;
+        if let Err(e) = gst::Element::link_many(&self.elements) {
+            // An unlinked branch left in the pipeline would keep it from prerolling.
+            let _ = pipeline.remove_many(&self.elements);
+            return Err(PlayerError::Gst(format!("linking: {e}")));
+        }
         Ok(())
     }
 

@@ -265,8 +265,26 @@ impl Player {
             Some(names) => names.clone(),
             None => inner.meeting.tracks().iter().map(|t| t.name.to_string()).collect(),
         };
+        // A track that cannot be opened (damaged index, unsupported codec, a lost file) is
+        // reported and left out; the meeting plays with the others.
+        let mut opened = 0;
+        let mut first_error = None;
         for name in &names {
-            inner.add_track(name, false)?;
+            match inner.add_track(name, false) {
+                Ok(()) => opened += 1,
+                Err(PlayerError::UnknownTrack(name)) => return Err(PlayerError::UnknownTrack(name)),
+                Err(e) => {
+                    tracing::warn!(track = %name, error = %e, "track left out");
+                    inner.events.send(PlayerEvent::TrackError {
+                        track: Arc::from(name.as_str()),
+                        message: e.to_string(),
+                    });
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let (0, Some(e)) = (opened, first_error) {
+            return Err(e);
         }
         let bus = spawn_bus_watch(Arc::downgrade(&inner), inner.stop.clone()).map_err(gst_err)?;
         let watcher = clock::spawn_watcher(Arc::downgrade(&inner), inner.stop.clone()).map_err(gst_err)?;
