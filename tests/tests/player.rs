@@ -199,6 +199,26 @@ fn tracks_stay_in_sync_through_play_pauses_seeks_and_rate_changes() -> Result<()
     Ok(())
 }
 
+/// A scratch copy of a committed meeting, to damage.
+fn copy_of_meeting(name: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(fixture_meeting(name))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
+    }
+    Ok(dir)
+}
+
+/// The first `TrackError` among the events received so far.
+fn first_track_error(
+    events: &crossbeam_channel::Receiver<tandem::player::PlayerEvent>,
+) -> Option<(std::sync::Arc<str>, String)> {
+    events.try_iter().find_map(|e| match e {
+        tandem::player::PlayerEvent::TrackError { track, message } => Some((track, message)),
+        _ => None,
+    })
+}
+
 /// Fails with every problem found (the first 30 of them).
 fn no_problems(problems: &[String]) -> Result<()> {
     ensure!(
@@ -443,12 +463,7 @@ fn preview_seeks_show_a_keyframe_on_every_track_before_the_accurate_frame() -> R
 
 #[test]
 fn a_track_whose_file_is_corrupt_mid_way_fails_alone() -> Result<()> {
-    let source = fixture_meeting("meeting");
-    let dir = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(&source)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
-    }
+    let dir = copy_of_meeting("meeting")?;
     // Bit rot in bob's frames from media 20 s on (the container stays readable): the payloads
     // of those blocks become noise after their 3-byte VP8 frame tag.
     let bob = dir.path().join("bob_video.webm");
@@ -471,10 +486,7 @@ fn a_track_whose_file_is_corrupt_mid_way_fails_alone() -> Result<()> {
     player.play()?;
     let mark = recorder.mark().0;
     std::thread::sleep(Duration::from_secs(8));
-    let error = events.try_iter().find_map(|e| match e {
-        tandem::player::PlayerEvent::TrackError { track, message } => Some((track, message)),
-        _ => None,
-    });
+    let error = first_track_error(&events);
     let Some((track, message)) = error else { anyhow::bail!("no error reported for the corrupt track") };
     ensure!(&*track == "bob_video", "the error names {track}: {message}");
     eprintln!("bob_video failed: {message}");
@@ -677,19 +689,11 @@ fn fast_seeks_snap_the_cursor_to_a_keyframe() -> Result<()> {
 
 #[test]
 fn a_track_that_cannot_be_opened_is_reported_and_the_others_play() -> Result<()> {
-    let source = fixture_meeting("meeting");
-    let dir = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(&source)? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
-    }
+    let dir = copy_of_meeting("meeting")?;
     std::fs::write(dir.path().join("screen_share.mkv"), vec![0u8; 4096])?;
     let recorder = Recorder::default();
     let player = open_recorded(Meeting::from_folder(dir.path())?, &recorder)?;
-    let error = player.events().try_iter().find_map(|e| match e {
-        tandem::player::PlayerEvent::TrackError { track, message } => Some((track, message)),
-        _ => None,
-    });
+    let error = first_track_error(&player.events());
     let Some((track, message)) = error else { anyhow::bail!("no error for the unreadable screen share") };
     ensure!(&*track == "screen_share", "the error names {track}: {message}");
     ensure!(

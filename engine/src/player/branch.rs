@@ -18,7 +18,7 @@ use gstreamer_app as gst_app;
 use gstreamer_audio as gst_audio;
 use gstreamer_video as gst_video;
 
-use super::feeder::{clock_time, Gate};
+use super::feeder::{clock_time, media_time, Gate};
 use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
 use super::timeline::Timeline;
 use super::PlayerError;
@@ -169,16 +169,9 @@ pub(crate) fn build(
                 .build(),
         );
     }
-    if let Some(pad) = appsrc.static_pad("src") {
+    {
         let gate = gate.clone();
-        pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
-            if let Some(gst::PadProbeData::Event(event)) = &probe.data {
-                if event.type_() == gst::EventType::FlushStop {
-                    gate.on_flush_stop();
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
+        on_flush_stop(appsrc.upcast_ref(), "src", move || gate.on_flush_stop());
     }
     let mut elements: Vec<gst::Element> = vec![appsrc.clone().upcast()];
     match kind {
@@ -224,10 +217,8 @@ fn hide_outside_spans(decoder: &gst::Element, timeline: Timeline) {
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, probe| {
         let Some(gst::PadProbeData::Buffer(buffer)) = &probe.data else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
-        let start = MediaTime::from_nanos(pts.nseconds().min(i64::MAX as u64) as i64);
-        let end = start.saturating_add(MediaTime::from_nanos(
-            buffer.duration().map_or(0, |d| d.nseconds().min(i64::MAX as u64) as i64),
-        ));
+        let start = media_time(pts);
+        let end = start.saturating_add(buffer.duration().map_or(MediaTime::ZERO, media_time));
         let visible = timeline.spans().iter().any(|s| end > s.start && s.end.is_none_or(|e| start < e))
             || (end == start && timeline.is_active(start));
         if visible {
@@ -278,18 +269,22 @@ fn appsink(name: String, caps: gst::Caps, joining: bool, context: &Arc<SinkConte
         .enable_last_sample(false)
         .async_(!joining)
         .build();
-    if let Some(pad) = sink.static_pad("sink") {
-        let context = context.clone();
-        pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
-            if let Some(gst::PadProbeData::Event(event)) = &probe.data {
-                if event.type_() == gst::EventType::FlushStop {
-                    context.flushed();
-                }
-            }
-            gst::PadProbeReturn::Ok
-        });
-    }
+    let flushed = context.clone();
+    on_flush_stop(sink.upcast_ref(), "sink", move || flushed.flushed());
     sink
+}
+
+/// Calls `f` whenever a FLUSH_STOP passes `element`'s pad `pad`.
+fn on_flush_stop(element: &gst::Element, pad: &str, f: impl Fn() + Send + Sync + 'static) {
+    let Some(pad) = element.static_pad(pad) else { return };
+    pad.add_probe(gst::PadProbeType::EVENT_FLUSH, move |_, probe| {
+        if let Some(gst::PadProbeData::Event(event)) = &probe.data {
+            if event.type_() == gst::EventType::FlushStop {
+                f();
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
 }
 
 /// Video always ends in an appsink: callbacks get its frames, and the window (`window.rs`)
@@ -392,7 +387,6 @@ fn times(
     buffer: &gst::BufferRef,
 ) -> (MediaTime, Option<MediaTime>) {
     let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
-    let to_media = |t: gst::ClockTime| MediaTime::from_nanos(t.nseconds() as i64);
     let pts = buffer.pts();
     let stream_pts = match (&segment, pts) {
         (Some(seg), Some(p)) => seg.to_stream_time(p).or(Some(p)),
@@ -403,7 +397,7 @@ fn times(
         let position = seg.position_from_running_time(rt)?;
         seg.to_stream_time(position)
     });
-    (stream_pts.map(to_media).unwrap_or_default(), clock.map(to_media))
+    (stream_pts.map(media_time).unwrap_or_default(), clock.map(media_time))
 }
 
 fn deliver_video(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::Sample, preroll: bool) {

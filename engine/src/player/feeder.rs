@@ -189,6 +189,11 @@ fn feed(appsrc: &gst_app::AppSrc, gate: &Gate, items: &Receiver<Tagged>) {
     }
 }
 
+/// GStreamer's unsigned nanoseconds as meeting time (saturating past `i64::MAX`).
+pub(crate) fn media_time(t: gst::ClockTime) -> MediaTime {
+    MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64)
+}
+
 pub(crate) fn clock_time(t: MediaTime) -> gst::ClockTime {
     gst::ClockTime::from_nseconds(t.as_nanos().max(0) as u64)
 }

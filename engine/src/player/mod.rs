@@ -437,9 +437,7 @@ impl Inner {
     }
 
     pub(crate) fn position(&self) -> Option<MediaTime> {
-        self.pipeline
-            .query_position::<gst::ClockTime>()
-            .map(|t| MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64))
+        pipeline_position(&self.pipeline)
     }
 
     pub(crate) fn play_state(&self) -> (bool, bool, MediaTime) {
@@ -632,12 +630,7 @@ impl Inner {
         let branch = branch::build(&spec, gate.clone(), context)?;
         branch.attach(&self.pipeline)?;
         let weak_pipeline = self.pipeline.downgrade();
-        let position: Position = Arc::new(move || {
-            let pipeline = weak_pipeline.upgrade()?;
-            pipeline
-                .query_position::<gst::ClockTime>()
-                .map(|t| MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64))
-        });
+        let position: Position = Arc::new(move || pipeline_position(&weak_pipeline.upgrade()?));
         let fetcher = Fetcher {
             desc: desc.clone(),
             index: index.clone(),
@@ -718,6 +711,11 @@ impl Inner {
             .filter(|name| element.strip_prefix(&**name).is_some_and(|rest| rest.starts_with('-')))
             .max_by_key(|name| name.len())
     }
+}
+
+/// The meeting time on screen: the pipeline's position.
+fn pipeline_position(pipeline: &gst::Pipeline) -> Option<MediaTime> {
+    pipeline.query_position::<gst::ClockTime>().map(feeder::media_time)
 }
 
 /// Every cue of a caption track with its text, on the meeting timeline.
