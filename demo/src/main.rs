@@ -22,8 +22,10 @@ enum Command {
     /// Play a meeting (a folder, or <id52>/<meeting> on a peer): in a window when there is a
     /// display, headless otherwise.
     Play(playback::PlayArgs),
-    /// Write the frame an accurate seek to a time shows on one track as a PNG.
+    /// Write what a time shows as a PNG: the grid, or one track at its own size.
     Snapshot(playback::SnapshotArgs),
+    /// Write a stretch of a meeting as an MP4 clip (H.264/AAC), as fast as the machine allows.
+    Export(playback::ExportArgs),
     /// List a meeting folder's tracks and what opening their indexes costs.
     Tracks {
         /// A meeting folder (with meeting.json).
@@ -54,11 +56,22 @@ enum Command {
     Fetch(peer::FetchArgs),
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+/// Errors are printed as one message with its causes, never a backtrace, and exit 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Play(args) => playback::play(args),
         Command::Snapshot(args) => playback::snapshot(args),
+        Command::Export(args) => playback::export(args),
         Command::Tracks { meeting } => inspect::play(&meeting),
         Command::Index { target, dial } => inspect::index(&target, &dial),
         Command::SeekRange { target, at, dial } => inspect::seek_range(&target, &at, &dial),

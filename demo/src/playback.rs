@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use tandem::player::{Meeting, Output, Player, PlayerEvent, PlayerOptions, SeekMode, VideoFrame};
+use tandem::player::{
+    ExportLayout, ExportOptions, Meeting, Output, Player, PlayerEvent, PlayerOptions, SeekMode, VideoFrame,
+};
 use tandem::MediaTime;
 
 use crate::peer::{self, DialArgs};
@@ -46,9 +48,10 @@ pub struct SnapshotArgs {
     /// Meeting time of the frame: 90, 1:30.5, 1500ms.
     #[arg(long)]
     pub at: String,
-    /// The video track to take the frame from.
+    /// The video track to take the frame from, at its own size; without it, the grid the
+    /// window shows.
     #[arg(long)]
-    pub track: String,
+    pub track: Option<String>,
     /// Output PNG file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
@@ -156,15 +159,22 @@ pub fn play(args: PlayArgs) -> Result<()> {
 pub fn snapshot(args: SnapshotArgs) -> Result<()> {
     let (_rt, meeting) = open_meeting(&args.meeting, &args.dial)?;
     let at = parse_time(&args.at)?;
-    let Some(desc) = meeting.track(&args.track) else {
+    let Some(track) = args.track.clone() else {
+        let image = tandem::player::compose_grid(meeting, at)?;
+        write_rgb_png(&args.output, image.width, image.height, &image.rgb)?;
+        println!("{}: the grid at {at}, {}x{}", args.output.display(), image.width, image.height);
+        return Ok(());
+    };
+    let args = SnapshotArgs { track: Some(track.clone()), ..args };
+    let Some(desc) = meeting.track(&track) else {
         let names: Vec<&str> = meeting.tracks().iter().map(|t| &*t.name).collect();
-        bail!("no track {:?}; the meeting has {}", args.track, names.join(", "));
+        bail!("no track {track:?}; the meeting has {}", names.join(", "));
     };
     if desc.kind != tandem::manifest::TrackKind::Video {
-        bail!("{} is not a video track", args.track);
+        bail!("{track} is not a video track");
     }
     if !desc.timeline.is_active(at) {
-        bail!("{} shows nothing at {at} (its spans: {:?})", args.track, desc.timeline.spans());
+        bail!("{track} shows nothing at {at} (its spans: {:?})", desc.timeline.spans());
     }
     let frame: Arc<Mutex<Option<VideoFrame>>> = Arc::default();
     let slot = frame.clone();
@@ -182,7 +192,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<()> {
             })),
             audio: None,
         },
-        subscribe: Some(vec![args.track.clone()]),
+        subscribe: Some(vec![track.clone()]),
         ..PlayerOptions::default()
     };
     let player = Player::open(meeting, options)?;
@@ -194,21 +204,86 @@ pub fn snapshot(args: SnapshotArgs) -> Result<()> {
             break f;
         }
         if Instant::now() > deadline {
-            bail!("no frame of {} at {at} within 30 s", args.track);
+            bail!("no frame of {track} at {at} within 30 s");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    write_png(&args.output, &frame)?;
-    println!("{}: {} at {at}, {}x{}", args.output.display(), args.track, frame.width, frame.height);
+    write_rgb_png(&args.output, frame.width, frame.height, &frame.to_rgb())?;
+    println!("{}: {track} at {at}, {}x{}", args.output.display(), frame.width, frame.height);
     Ok(())
 }
 
-fn write_png(path: &std::path::Path, frame: &VideoFrame) -> Result<()> {
+fn write_rgb_png(path: &std::path::Path, width: u32, height: u32, rgb: &[u8]) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), frame.width, frame.height);
+    let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), width, height);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
     let mut writer = encoder.write_header().context("writing the PNG header")?;
-    writer.write_image_data(&frame.to_rgb()).context("writing the PNG")?;
+    writer.write_image_data(rgb).context("writing the PNG")?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// A meeting folder, or a peer's meeting: <id52>/<meeting>.
+    pub meeting: String,
+    #[command(flatten)]
+    pub dial: DialArgs,
+    /// Meeting time the clip starts at: 90, 1:30.5, 1500ms.
+    #[arg(long)]
+    pub from: String,
+    /// Meeting time the clip ends at.
+    #[arg(long)]
+    pub to: String,
+    /// One video track at its own size (with the audio); the grid when absent.
+    #[arg(long)]
+    pub track: Option<String>,
+    /// Output MP4 file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let (_rt, meeting) = open_meeting(&args.meeting, &args.dial)?;
+    let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
+    if to <= from {
+        bail!("--to ({to}) must come after --from ({from})");
+    }
+    if let Some(end) = meeting.duration().filter(|&end| from >= end) {
+        bail!("--from ({from}) is past the end of the meeting ({end})");
+    }
+    let layout = match &args.track {
+        Some(track) => ExportLayout::Track(track.clone()),
+        None => ExportLayout::Grid,
+    };
+    let total = to.saturating_sub(from).as_millis().max(1) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% {elapsed} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("exporting {from}-{to}"));
+    // Without a terminal the bar is hidden: a line per 10 % instead.
+    let lines = bar.is_hidden();
+    let mut decile = 0;
+    let started = Instant::now();
+    tandem::player::export_mp4(meeting, &ExportOptions::new(from, to, layout), &args.output, &mut |p| {
+        let done = p.done.as_millis().max(0) as u64;
+        bar.set_position(done);
+        let now = done * 10 / total;
+        if lines && now > decile {
+            decile = now;
+            eprintln!("exporting: {}%", now * 10);
+        }
+    })?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{}: {from} to {to} ({:.1} s of meeting in {seconds:.1} s, {:.1}x real time)",
+        args.output.display(),
+        total as f64 / 1000.0,
+        total as f64 / 1000.0 / seconds.max(0.001)
+    );
     Ok(())
 }

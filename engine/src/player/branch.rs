@@ -18,6 +18,7 @@ use gstreamer_app as gst_app;
 use gstreamer_audio as gst_audio;
 use gstreamer_video as gst_video;
 
+use super::elements::{make, make_any};
 use super::feeder::{clock_time, media_time, Gate};
 use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
 use super::timeline::Timeline;
@@ -34,22 +35,6 @@ const MAX_DECODE_ERRORS: i32 = 5;
 pub(crate) struct Branch {
     pub(crate) appsrc: gst_app::AppSrc,
     pub(crate) elements: Vec<gst::Element>,
-}
-
-fn make(factory: &str, name: String) -> Result<gst::Element, PlayerError> {
-    gst::ElementFactory::make(factory).name(name).build().map_err(|_| {
-        PlayerError::Gst(format!("GStreamer element {factory:?} is missing: run scripts/install-deps.sh"))
-    })
-}
-
-/// The first of `factories` that is installed.
-fn make_any(factories: &[&str], name: String) -> Result<gst::Element, PlayerError> {
-    for factory in factories {
-        if gst::ElementFactory::find(factory).is_some() {
-            return make(factory, name);
-        }
-    }
-    Err(PlayerError::Gst(format!("none of {factories:?} is installed: run scripts/install-deps.sh")))
 }
 
 /// Caps of what the appsrc pushes, and whether the engine decodes the audio itself.
@@ -263,7 +248,7 @@ fn appsink(name: String, caps: gst::Caps, joining: bool, context: &Arc<SinkConte
     let sink = gst_app::AppSink::builder()
         .name(name)
         .caps(&caps)
-        .sync(true)
+        .sync(context.realtime)
         .max_buffers(2)
         .drop(false)
         .enable_last_sample(false)
@@ -410,6 +395,9 @@ fn deliver_video(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::S
     let Ok(info) = gst_video::VideoInfo::from_caps(caps) else { return };
     let (pts, clock) = times(sink, sample, &buffer);
     let duration = MediaTime::from_nanos(buffer.duration().map(|d| d.nseconds() as i64).unwrap_or(0));
+    if !preroll {
+        context.rendered_to(pts.saturating_add(duration));
+    }
     let Ok(map) = buffer.into_mapped_buffer_readable() else { return };
     let frame = VideoFrame {
         track: context.track.clone(),
@@ -439,6 +427,10 @@ fn deliver_audio(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::S
     let (Some(buffer), Some(caps)) = (sample.buffer_owned(), sample.caps()) else { return };
     let Ok(info) = gst_audio::AudioInfo::from_caps(caps) else { return };
     let (pts, clock) = times(sink, sample, &buffer);
+    let frames = buffer.size() as u64 / u64::from(info.bpf().max(1));
+    context.rendered_to(pts.saturating_add(MediaTime::from_nanos(
+        (frames * 1_000_000_000 / u64::from(info.rate().max(1))) as i64,
+    )));
     let Ok(map) = buffer.into_mapped_buffer_readable() else { return };
     let chunk = AudioChunk {
         track: context.track.clone(),

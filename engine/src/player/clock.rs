@@ -101,7 +101,7 @@ impl Inner {
 
     fn watch_buffering(&self, position: MediaTime) {
         let (playing, buffering, since) = self.play_state();
-        if !playing {
+        if !playing || !self.options.realtime {
             return;
         }
         let high = HIGH_WATER.min(self.options.buffer_target);

@@ -49,7 +49,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -62,9 +62,12 @@ mod audio;
 mod block_cache;
 mod branch;
 mod clock;
+mod elements;
 mod events;
+mod export;
 mod feeder;
 mod fetcher;
+mod grid;
 mod meeting;
 mod output;
 mod seek;
@@ -72,6 +75,7 @@ mod timeline;
 mod window;
 
 pub use events::PlayerEvent;
+pub use export::{compose_grid, export_mp4, ExportLayout, ExportOptions, ExportProgress, RgbImage};
 pub use fetcher::TrackStats;
 pub use meeting::{Meeting, TrackDesc};
 pub use output::{AudioCallback, AudioChunk, Output, VideoCallback, VideoFrame};
@@ -109,6 +113,8 @@ pub enum PlayerError {
     Unsupported { track: String, what: String },
     #[error("GStreamer: {0}")]
     Gst(String),
+    #[error("the GStreamer element {factory} is missing: install the Debian package {package} (scripts/install-deps.sh installs every one tandem needs)")]
+    MissingElement { factory: String, package: &'static str },
     #[error("rate {0} is outside 0.5 to 2")]
     Rate(f64),
 }
@@ -131,6 +137,10 @@ pub struct PlayerOptions {
     pub start_at: MediaTime,
     /// How far ahead of the cursor a track joining while playing appears.
     pub join_margin: MediaTime,
+    /// Sinks follow the pipeline clock (true, playback). False renders as fast as data and
+    /// decoders allow, for export: the cursor is then the furthest time rendered, fetching runs
+    /// the buffer target ahead of it, and playback never pauses to buffer.
+    pub realtime: bool,
 }
 
 impl Default for PlayerOptions {
@@ -141,6 +151,7 @@ impl Default for PlayerOptions {
             subscribe: None,
             start_at: MediaTime::ZERO,
             join_margin: MediaTime::from_millis(300),
+            realtime: true,
         }
     }
 }
@@ -197,6 +208,8 @@ pub(crate) struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// The grid of video tracks, with [`Output::Window`].
     window: Option<Arc<window::GridWindow>>,
+    /// Furthest meeting time rendered (nanoseconds): the cursor when not realtime.
+    rendered_until: Arc<AtomicI64>,
 }
 
 /// Plays one meeting. Dropping it stops everything it started.
@@ -230,11 +243,11 @@ impl Player {
         let seeks = Arc::new(SeekTracker::new(events.clone()));
         let window = match options.output {
             Output::Window => {
-                let videos: Vec<Arc<str>> = meeting
+                let videos: Vec<(Arc<str>, String)> = meeting
                     .tracks()
                     .iter()
                     .filter(|t| t.kind == TrackKind::Video)
-                    .map(|t| t.name.clone())
+                    .map(|t| (t.name.clone(), tile_label(t)))
                     .collect();
                 Some(Arc::new(window::GridWindow::open(&videos)?))
             }
@@ -259,6 +272,7 @@ impl Player {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
             window,
+            rendered_until: Arc::new(AtomicI64::new(0)),
         });
         let player = Player { inner: inner.clone() };
         let names: Vec<String> = match &inner.options.subscribe {
@@ -409,6 +423,14 @@ impl Player {
         self.inner.seeks.wait(count, timeout)
     }
 
+    /// Codec, size and format of a subscribed audio or video track, from its index.
+    pub fn track_info(&self, track: &str) -> Option<crate::index::TrackInfo> {
+        lock(&self.inner.tracks).iter().find_map(|r| match r {
+            Runtime::Media { desc, index, .. } if &*desc.name == track => Some(index.info().clone()),
+            _ => None,
+        })
+    }
+
     /// How many seeks have been made (frames carry the count current when they were shown).
     pub fn seek_count(&self) -> u64 {
         self.inner.seeks.count()
@@ -437,7 +459,11 @@ impl Inner {
     }
 
     pub(crate) fn position(&self) -> Option<MediaTime> {
-        pipeline_position(&self.pipeline)
+        if self.options.realtime {
+            pipeline_position(&self.pipeline)
+        } else {
+            Some(MediaTime::from_nanos(self.rendered_until.load(Ordering::Relaxed)))
+        }
     }
 
     pub(crate) fn play_state(&self) -> (bool, bool, MediaTime) {
@@ -529,6 +555,7 @@ impl Inner {
             state.segment_start = target;
             state.since = target;
         }
+        self.rendered_until.store(target.as_nanos(), Ordering::Relaxed);
         if !self.has_media() {
             return Ok(target);
         }
@@ -617,6 +644,8 @@ impl Inner {
             on_audio,
             seeks: self.seeks.clone(),
             epoch: std::sync::atomic::AtomicU64::new(self.seeks.count()),
+            realtime: self.options.realtime,
+            rendered_until: self.rendered_until.clone(),
         });
         let spec = branch::BranchSpec {
             track: name,
@@ -629,8 +658,13 @@ impl Inner {
         };
         let branch = branch::build(&spec, gate.clone(), context)?;
         branch.attach(&self.pipeline)?;
-        let weak_pipeline = self.pipeline.downgrade();
-        let position: Position = Arc::new(move || pipeline_position(&weak_pipeline.upgrade()?));
+        let position: Position = if self.options.realtime {
+            let weak_pipeline = self.pipeline.downgrade();
+            Arc::new(move || pipeline_position(&weak_pipeline.upgrade()?))
+        } else {
+            let rendered = self.rendered_until.clone();
+            Arc::new(move || Some(MediaTime::from_nanos(rendered.load(Ordering::Relaxed))))
+        };
         let fetcher = Fetcher {
             desc: desc.clone(),
             index: index.clone(),
@@ -660,6 +694,9 @@ impl Inner {
             }
         } else if self.pipeline.current_state() >= gst::State::Paused {
             branch.sync_state()?;
+        }
+        if let (Some(window), TrackKind::Video) = (&self.window, desc.kind) {
+            window.set_subscribed(&desc.name, true);
         }
         lock(&self.tracks).push(Runtime::Media { desc, index, source, branch, gate, stats });
         Ok(())
@@ -697,7 +734,7 @@ impl Inner {
             branch.detach(&self.pipeline);
             self.seeks.forget(&desc.name);
             if let Some(window) = &self.window {
-                window.set_visible(&desc.name, false);
+                window.set_subscribed(&desc.name, false);
             }
         }
         true
@@ -710,6 +747,15 @@ impl Inner {
             .map(|r| r.desc().name.clone())
             .filter(|name| element.strip_prefix(&**name).is_some_and(|rest| rest.starts_with('-')))
             .max_by_key(|name| name.len())
+    }
+}
+
+/// What a video track's tile says while it has nothing to show: who it is.
+pub(crate) fn tile_label(desc: &TrackDesc) -> String {
+    match &desc.participant {
+        Some(who) if desc.role != "camera" => format!("{who} ({})", desc.role),
+        Some(who) => who.clone(),
+        None => desc.name.to_string(),
     }
 }
 

@@ -74,6 +74,25 @@ impl VideoFrame {
         &self.data[self.planes[0].min(end)..end]
     }
 
+    /// The frame as a GStreamer buffer sharing its memory, with the plane layout attached.
+    pub(crate) fn to_buffer(&self) -> gstreamer::Buffer {
+        use gstreamer_video as gst_video;
+        let mut buffer = gstreamer::Buffer::from_slice(self.data.clone());
+        if let Some(b) = buffer.get_mut() {
+            let strides = [self.stride as i32, self.chroma_stride as i32, self.chroma_stride as i32];
+            let _ = gst_video::VideoMeta::add_full(
+                b,
+                gst_video::VideoFrameFlags::empty(),
+                gst_video::VideoFormat::I420,
+                self.width,
+                self.height,
+                &self.planes,
+                &strides,
+            );
+        }
+        buffer
+    }
+
     /// The frame as packed RGB, 3 bytes per pixel (BT.601), for snapshots.
     pub fn to_rgb(&self) -> Vec<u8> {
         let (w, h) = (self.width as usize, self.height as usize);
@@ -151,6 +170,11 @@ pub(crate) struct SinkContext {
     pub(crate) seeks: Arc<SeekTracker>,
     /// The seek count when the sink last flushed: buffers it shows belong to that seek.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// Sinks wait for the clock (false: as fast as the data comes, see `PlayerOptions::realtime`).
+    pub(crate) realtime: bool,
+    /// The furthest meeting time (nanoseconds) any track has rendered up to: the cursor when
+    /// not `realtime`.
+    pub(crate) rendered_until: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl SinkContext {
@@ -164,6 +188,11 @@ impl SinkContext {
         if self.seek_count() == self.seeks.count() {
             self.seeks.shown(&self.track);
         }
+    }
+
+    /// A buffer ending at `end` was rendered.
+    pub(crate) fn rendered_to(&self, end: MediaTime) {
+        self.rendered_until.fetch_max(end.as_nanos(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The seek the shown buffers belong to.

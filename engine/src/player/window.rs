@@ -1,16 +1,15 @@
-//! The window: every video track of the meeting in one grid, and the speakers.
+//! The window: the subscribed video tracks in one grid, and the speakers.
 //!
 //! ```text
-//! per video track:  appsrc (live, frames as their clock-synced sink renders them)
-//!                     ! videoconvert ! videoscale ! video/x-raw,tile size ─┐
-//!                                                                           compositor
-//!                                                                           ! videoconvert ! autovideosink
+//! per video track:  appsrc (live, frames as their clock-synced sink renders them) ─┐
+//!                   dark tile with the participant's name (grid.rs)               ─┴ compositor
+//!                                                                       ! videoconvert ! autovideosink
 //! ```
 //!
 //! The grid is a second, live pipeline fed by the playback pipeline's appsinks, so the
 //! compositor never waits for a track that has nothing to show (a live aggregator moves on
-//! with what it has), and tracks join and leave without touching it. A tile whose track is
-//! outside its span or unsubscribed is hidden (alpha 0) over the black background.
+//! with what it has), and tracks join and leave without touching it. The grid re-lays itself
+//! over the subscribed tracks; a subscribed track outside its span shows its name tile.
 
 use std::sync::{Arc, Mutex};
 
@@ -19,18 +18,18 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 
+use super::elements::make;
+use super::grid::{self, TilePads};
 use super::output::VideoFrame;
 use super::PlayerError;
-
-/// Size of one tile.
-const TILE: (i32, i32) = (640, 360);
 
 struct Tile {
     track: Arc<str>,
     appsrc: gst_app::AppSrc,
-    pad: gst::Pad,
+    pads: TilePads,
     /// Size of the frames last pushed (caps change with it).
     size: Mutex<(u32, u32)>,
+    /// Inside a span (the track layer is shown).
     visible: Mutex<bool>,
 }
 
@@ -38,6 +37,8 @@ struct Tile {
 pub(crate) struct GridWindow {
     pipeline: gst::Pipeline,
     tiles: Vec<Tile>,
+    /// The subscribed tracks, in the meeting's order.
+    shown: Mutex<Vec<Arc<str>>>,
 }
 
 impl std::fmt::Debug for GridWindow {
@@ -48,38 +49,25 @@ impl std::fmt::Debug for GridWindow {
     }
 }
 
-fn make(factory: &str) -> Result<gst::Element, PlayerError> {
-    gst::ElementFactory::make(factory).build().map_err(|_| {
-        PlayerError::Gst(format!("GStreamer element {factory:?} is missing: run scripts/install-deps.sh"))
-    })
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl GridWindow {
-    /// A window with one tile per track, in order, as close to square as the count allows.
-    pub(crate) fn open(tracks: &[Arc<str>]) -> Result<GridWindow, PlayerError> {
+    /// A window with a tile for each of `tracks` (name, label), none shown until subscribed.
+    pub(crate) fn open(tracks: &[(Arc<str>, String)]) -> Result<GridWindow, PlayerError> {
         let err = |e: &dyn std::fmt::Display| PlayerError::Gst(format!("the window: {e}"));
         let pipeline = gst::Pipeline::with_name("tandem-window");
-        let count = tracks.len().max(1);
-        let cols = (count as f64).sqrt().ceil() as i32;
-        let rows = (count as i32 + cols - 1) / cols;
-        let compositor = make("compositor")?;
-        compositor.set_property_from_str("background", "black");
-        let filter = make("capsfilter")?;
-        filter.set_property(
-            "caps",
-            gst_video::VideoCapsBuilder::new()
-                .width(TILE.0 * cols)
-                .height(TILE.1 * rows)
-                .framerate(gst::Fraction::new(30, 1))
-                .build(),
-        );
-        let convert = make("videoconvert")?;
-        let sink = make("autovideosink")?;
+        let compositor = grid::compositor()?;
+        let filter = make("capsfilter", String::new())?;
+        filter.set_property("caps", grid::caps(30));
+        let convert = make("videoconvert", String::new())?;
+        let sink = make("autovideosink", String::new())?;
         sink.set_property("sync", false);
         pipeline.add_many([&compositor, &filter, &convert, &sink]).map_err(|e| err(&e))?;
         gst::Element::link_many([&compositor, &filter, &convert, &sink]).map_err(|e| err(&e))?;
         let mut tiles = Vec::new();
-        for (i, track) in tracks.iter().enumerate() {
+        for (track, label) in tracks {
             let appsrc = gst_app::AppSrc::builder()
                 .is_live(true)
                 .do_timestamp(true)
@@ -87,43 +75,25 @@ impl GridWindow {
                 .max_buffers(2)
                 .leaky_type(gst_app::AppLeakyType::Downstream)
                 .build();
-            let convert = make("videoconvert")?;
-            let scale = make("videoscale")?;
-            let size = make("capsfilter")?;
-            size.set_property(
-                "caps",
-                gst_video::VideoCapsBuilder::new()
-                    .width(TILE.0)
-                    .height(TILE.1)
-                    .pixel_aspect_ratio(gst::Fraction::new(1, 1))
-                    .build(),
-            );
-            let chain = [appsrc.upcast_ref::<gst::Element>(), &convert, &scale, &size];
-            pipeline.add_many(chain).map_err(|e| err(&e))?;
-            gst::Element::link_many(chain).map_err(|e| err(&e))?;
-            let pad = compositor.request_pad_simple("sink_%u").ok_or_else(|| err(&"no compositor pad"))?;
-            pad.set_property("xpos", TILE.0 * (i as i32 % cols));
-            pad.set_property("ypos", TILE.1 * (i as i32 / cols));
-            pad.set_property("alpha", 0.0f64);
-            let src = size.static_pad("src").ok_or_else(|| err(&"no tile pad"))?;
-            src.link(&pad).map_err(|e| err(&e))?;
+            let pads = grid::add_tile(&pipeline, &compositor, appsrc.upcast_ref(), label, true, 10, None)?;
+            pads.place(None);
             tiles.push(Tile {
                 track: track.clone(),
                 appsrc,
-                pad,
+                pads,
                 size: Mutex::new((0, 0)),
                 visible: Mutex::new(false),
             });
         }
         pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
-        Ok(GridWindow { pipeline, tiles })
+        Ok(GridWindow { pipeline, tiles, shown: Mutex::new(Vec::new()) })
     }
 
     /// Shows a rendered frame in its track's tile (zero-copy: the decoded buffer is shared).
     pub(crate) fn show(&self, frame: &VideoFrame) {
         let Some(tile) = self.tiles.iter().find(|t| t.track == frame.track) else { return };
         {
-            let mut size = tile.size.lock().unwrap_or_else(|e| e.into_inner());
+            let mut size = lock(&tile.size);
             if *size != (frame.width, frame.height) {
                 *size = (frame.width, frame.height);
                 let caps = gst_video::VideoCapsBuilder::new()
@@ -135,30 +105,37 @@ impl GridWindow {
                 tile.appsrc.set_caps(Some(&caps));
             }
         }
-        let mut buffer = gst::Buffer::from_slice(frame.data.clone());
-        if let Some(b) = buffer.get_mut() {
-            let offsets = frame.planes;
-            let strides = [frame.stride as i32, frame.chroma_stride as i32, frame.chroma_stride as i32];
-            let _ = gst_video::VideoMeta::add_full(
-                b,
-                gst_video::VideoFrameFlags::empty(),
-                gst_video::VideoFormat::I420,
-                frame.width,
-                frame.height,
-                &offsets,
-                &strides,
-            );
-        }
-        let _ = tile.appsrc.push_buffer(buffer);
+        let _ = tile.appsrc.push_buffer(frame.to_buffer());
     }
 
-    /// Shows or hides a track's tile.
+    /// Shows or hides a track's frames (its name tile shows while they are hidden).
     pub(crate) fn set_visible(&self, track: &str, visible: bool) {
+        let shown = lock(&self.shown);
         if let Some(tile) = self.tiles.iter().find(|t| &*t.track == track) {
-            let mut shown = tile.visible.lock().unwrap_or_else(|e| e.into_inner());
-            if *shown != visible {
-                *shown = visible;
-                tile.pad.set_property("alpha", if visible { 1.0f64 } else { 0.0 });
+            let mut current = lock(&tile.visible);
+            *current = visible;
+            let on = visible && shown.iter().any(|s| &**s == track);
+            tile.pads.track.set_property("alpha", if on { 1.0f64 } else { 0.0 });
+        }
+    }
+
+    /// A track was subscribed (`true`) or left: the grid re-lays itself.
+    pub(crate) fn set_subscribed(&self, track: &str, subscribed: bool) {
+        let mut shown = lock(&self.shown);
+        shown.retain(|s| &**s != track);
+        if subscribed {
+            shown.push(Arc::from(track));
+        }
+        let order: Vec<&Tile> = self.tiles.iter().filter(|t| shown.contains(&t.track)).collect();
+        let places = grid::layout(order.len());
+        for tile in &self.tiles {
+            match order.iter().position(|t| t.track == tile.track) {
+                Some(i) => {
+                    tile.pads.place(places.get(i).copied());
+                    let on = *lock(&tile.visible);
+                    tile.pads.track.set_property("alpha", if on { 1.0f64 } else { 0.0 });
+                }
+                None => tile.pads.place(None),
             }
         }
     }
