@@ -15,9 +15,10 @@ PACKAGES=(
   gstreamer1.0-tools
   gstreamer1.0-x
   ffmpeg
-  # The window test: a virtual display and a screenshot of it.
+  # The window test: a virtual display and a screenshot of it; the screen test: a terminal.
   xvfb
   x11-apps
+  tmux
 )
 
 missing=()

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod inspect;
 mod peer;
 mod playback;
+mod screen;
 
 #[derive(Debug, Parser)]
 #[command(name = "meeting-replay", version, about = "Replay recorded meetings, locally or from a peer")]

@@ -66,6 +66,10 @@ fn open_meeting(target: &str, dial: &DialArgs) -> Result<(Option<tokio::runtime:
     if path.exists() {
         bail!("{} has no meeting.json", path.display());
     }
+    let parts: Vec<&str> = target.split('/').collect();
+    if parts.len() != 2 || parts[0].is_empty() || target.starts_with(['.', '~']) {
+        bail!("{target}: no such meeting folder (a folder with meeting.json, or <id52>/<meeting> on a peer)");
+    }
     let (rt, meeting) = peer::open_remote_meeting(target, dial)?;
     Ok((Some(rt), meeting))
 }
@@ -74,15 +78,78 @@ fn parse_time(text: &str) -> Result<MediaTime> {
     MediaTime::parse(text).with_context(|| format!("{text:?} is not a time (90, 1:30.5, 1500ms)"))
 }
 
-fn has_display() -> bool {
-    std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some()
+/// Why play cannot show the screen and the window, if it cannot.
+fn headless_reason(args: &PlayArgs) -> Option<&'static str> {
+    use std::io::IsTerminal;
+    if args.headless {
+        Some("--headless")
+    } else if std::env::var_os("DISPLAY").is_none() && std::env::var_os("WAYLAND_DISPLAY").is_none() {
+        Some("no display (DISPLAY is not set)")
+    } else if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        Some("not a terminal")
+    } else {
+        None
+    }
 }
 
 pub fn play(args: PlayArgs) -> Result<()> {
+    let remote = !std::path::Path::new(&args.meeting).exists();
     let (_rt, meeting) = open_meeting(&args.meeting, &args.dial)?;
     let start = parse_time(&args.at)?;
     let stop_after = args.duration.as_deref().map(parse_time).transpose()?;
-    let windowed = !args.headless && has_display();
+    if let Some(end) = meeting.duration().filter(|&end| start >= end) {
+        bail!("--at ({start}) is past the end of the meeting ({end})");
+    }
+    for name in &args.tracks {
+        if meeting.track(name).is_none() {
+            let names: Vec<&str> = meeting.tracks().iter().map(|t| &*t.name).collect();
+            bail!("no track {name:?} in {}; it has {}", meeting.name(), names.join(", "));
+        }
+    }
+    let reason = headless_reason(&args);
+    let interactive = reason.is_none() && stop_after.is_none();
+    let options = PlayerOptions {
+        output: if reason.is_none() { Output::Window } else { Output::Headless },
+        subscribe: (!args.tracks.is_empty()).then(|| args.tracks.clone()),
+        start_at: start,
+        ..PlayerOptions::default()
+    };
+    if reason.is_none() && !interactive && tandem::player::sound_output().is_none() {
+        println!("no sound device could be opened: the audio plays silently, in sync");
+    }
+    let opened = Instant::now();
+    let player = Player::open(meeting, options)?;
+    player.wait_seek(Duration::from_secs(20));
+    let opened = opened.elapsed();
+    if interactive {
+        let mut notes = Vec::new();
+        if tandem::player::sound_output().is_none() {
+            notes.push("no sound device: the audio plays silently".to_string());
+        }
+        let failed = crate::screen::run(&player, remote, notes)?;
+        println!("stopped at {}", MediaTime::from_millis(player.position().as_millis()));
+        for (track, message) in &failed {
+            eprintln!("track {track} failed: {message}");
+        }
+        if !failed.is_empty() {
+            bail!(
+                "the meeting played without {}",
+                failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        return Ok(());
+    }
+    print_tracks(&player);
+    match reason {
+        Some(why) => println!("headless ({why}): no window and no sound; q and Enter stops"),
+        None => println!("showing the window"),
+    }
+    println!("at {start} in {opened:?} ({})", player.subscribed().join(", "));
+    play_lines(&player, start, stop_after)
+}
+
+fn print_tracks(player: &Player) {
+    let meeting = player.meeting();
     println!(
         "meeting {} ({})",
         meeting.name(),
@@ -104,29 +171,46 @@ pub fn play(args: PlayArgs) -> Result<()> {
             spans.join(", ")
         );
     }
-    let options = PlayerOptions {
-        output: if windowed { Output::Window } else { Output::Headless },
-        subscribe: (!args.tracks.is_empty()).then(|| args.tracks.clone()),
-        start_at: start,
-        ..PlayerOptions::default()
-    };
-    let opened = Instant::now();
-    let player = Player::open(meeting, options)?;
-    player.wait_seek(Duration::from_secs(20));
-    println!(
-        "{} at {start} in {:?} ({})",
-        if windowed { "showing" } else { "playing headless" },
-        opened.elapsed(),
-        player.subscribed().join(", ")
-    );
+}
+
+/// Plays with a status line per second until the end, `--for`, `q` on stdin or a signal.
+fn play_lines(player: &Player, start: MediaTime, stop_after: Option<MediaTime>) -> Result<()> {
+    let quit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, quit.clone()).context("catching signals")?;
+    }
+    {
+        let quit = quit.clone();
+        std::thread::spawn(move || {
+            // Only a typed `q` stops; stdin at its end (no input) plays on.
+            for line in std::io::stdin().lines() {
+                match line {
+                    Ok(l) if l.trim() == "q" => {
+                        quit.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Ok(_) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
+    }
     let events = player.events();
     player.play()?;
     let mut buffers: BTreeMap<Arc<str>, (MediaTime, f64)> = BTreeMap::new();
+    let mut failed: Vec<String> = Vec::new();
     let mut last_status = Instant::now();
     loop {
+        if quit.load(std::sync::atomic::Ordering::Relaxed) {
+            println!("stopped at {}", MediaTime::from_millis(player.position().as_millis()));
+            break;
+        }
         match events.recv_timeout(Duration::from_millis(200)) {
             Ok(PlayerEvent::Caption { start, text, .. }) => println!("[{start}] {}", text.replace('\n', " ")),
-            Ok(PlayerEvent::TrackError { track, message }) => eprintln!("track {track} failed: {message}"),
+            Ok(PlayerEvent::TrackError { track, message }) => {
+                eprintln!("track {track} failed: {message}");
+                failed.push(track.to_string());
+            }
             Ok(PlayerEvent::Buffering { track, percent }) if percent < 100 => {
                 eprintln!("buffering {track}: {percent}%")
             }
@@ -152,6 +236,9 @@ pub fn play(args: PlayArgs) -> Result<()> {
                 .collect();
             println!("{position}  buffered: {}", figures.join("  "));
         }
+    }
+    if !failed.is_empty() {
+        bail!("the meeting played without {} (see above)", failed.join(", "));
     }
     Ok(())
 }

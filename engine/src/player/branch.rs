@@ -351,13 +351,8 @@ fn audio_sink(
 /// fake sink so the meeting still plays in sync, silently. (`autoaudiosink` may pick a sink
 /// that opens but never prerolls on a machine without sound, which stalls the pipeline.)
 fn speakers(name: String) -> Result<gst::Element, PlayerError> {
-    for factory in ["pulsesink", "pipewiresink", "alsasink"] {
-        let Ok(sink) = gst::ElementFactory::make(factory).name(name.as_str()).build() else { continue };
-        if sink.set_state(gst::State::Ready).is_ok() {
-            let _ = sink.set_state(gst::State::Null);
-            return Ok(sink);
-        }
-        let _ = sink.set_state(gst::State::Null);
+    if let Some(factory) = super::sound_output() {
+        return make(factory, name);
     }
     tracing::warn!("no audio output could be opened: playing audio silently");
     let sink = make("fakesink", name)?;

@@ -389,6 +389,8 @@ impl Session {
             let at = self.from.saturating_add(clip);
             for event in events.try_iter() {
                 if let PlayerEvent::TrackError { track, message } = event {
+                    let message =
+                        message.strip_prefix(&format!("track {track}: ")).unwrap_or(&message).to_string();
                     return Err(PlayerError::Open { track: track.to_string(), message });
                 }
             }

@@ -285,7 +285,9 @@ impl Player {
         let mut first_error = None;
         for name in &names {
             match inner.add_track(name, false) {
-                Ok(()) => opened += 1,
+                // Captions alone play nothing: the meeting needs one audio or video track.
+                Ok(()) if inner.has_media() => opened += 1,
+                Ok(()) => {}
                 Err(PlayerError::UnknownTrack(name)) => return Err(PlayerError::UnknownTrack(name)),
                 Err(e) => {
                     tracing::warn!(track = %name, error = %e, "track left out");
@@ -748,6 +750,19 @@ impl Inner {
             .filter(|name| element.strip_prefix(&**name).is_some_and(|rest| rest.starts_with('-')))
             .max_by_key(|name| name.len())
     }
+}
+
+/// The audio output the window plays through (`pulsesink`, `pipewiresink` or `alsasink`,
+/// the first that opens); `None` when no sound device opens, and the audio then plays
+/// silently, in sync.
+pub fn sound_output() -> Option<&'static str> {
+    gst::init().ok()?;
+    ["pulsesink", "pipewiresink", "alsasink"].into_iter().find(|factory| {
+        let Ok(sink) = gst::ElementFactory::make(factory).build() else { return false };
+        let opens = sink.set_state(gst::State::Ready).is_ok();
+        let _ = sink.set_state(gst::State::Null);
+        opens
+    })
 }
 
 /// What a video track's tile says while it has nothing to show: who it is.

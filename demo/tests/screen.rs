@@ -1,0 +1,147 @@
+//! `meeting-replay play` as a person uses it: in a real terminal (tmux) with a real X server
+//! (Xvfb). Keys go in with `send-keys`, the screen comes back with `capture-pane`, and the
+//! grid window is read back from a screenshot's pixels.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use common::{Screenshot, Tmux, Xvfb};
+use tandem::MediaTime;
+use tandem_tests::fixture_meeting;
+
+/// The cursor the screen's first line shows (`... | 0:13.4 / 1:00.0 | playing 1.00x`).
+fn cursor(screen: &str) -> Result<MediaTime> {
+    let first = screen.lines().next().unwrap_or_default();
+    let time = first.split(" | ").nth(2).and_then(|t| t.split(" / ").next());
+    time.and_then(MediaTime::parse).with_context(|| format!("no cursor in {first:?}"))
+}
+
+fn line_of<'a>(screen: &'a str, track: &str) -> &'a str {
+    screen.lines().find(|l| l.contains(track)).unwrap_or_default()
+}
+
+/// The pane's command line: play, then show the exit status and the terminal's modes.
+fn play_command(display: &str, args: &str) -> String {
+    format!(
+        "DISPLAY={display} {} play {args}; echo EXIT=$?; stty -a; sleep 60",
+        env!("CARGO_BIN_EXE_meeting-replay")
+    )
+}
+
+/// After the program ended: it exited 0, and the terminal is back in cooked mode with echo.
+fn restored(screen: &str) -> bool {
+    screen.contains("EXIT=0")
+        && screen.contains(" icanon")
+        && !screen.contains("-icanon")
+        && !screen.contains("-echo ")
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[test]
+fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal() -> Result<()> {
+    let x = Xvfb::start()?;
+    let dir = fixture_meeting("meeting");
+    let term = Tmux::start(&play_command(&x.display, &format!("{} --at 12", dir.display())), 150, 30)?;
+    let screen = term.wait_for("the player", |s| s.contains("playing 1.00x"), WAIT)?;
+    for track in ["alice_video", "bob_video", "screen_share", "mixed_audio", "captions"] {
+        ensure!(line_of(&screen, track).contains('*'), "{track} is not listed as playing:\n{screen}");
+    }
+
+    // The window: alice, bob and the screen share in their tiles, at the same instant.
+    std::thread::sleep(Duration::from_millis(1500));
+    let shot = Screenshot::take(&x.display)?;
+    let saved = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grid-window.png");
+    shot.save_png(&saved)?;
+    // alice (640x360) at the window's origin, bob to her right, the screen share (1280x720
+    // shown at half size) below her. Find the window by alice's stamp.
+    let origin = (0..200)
+        .flat_map(|y| (0..200).map(move |x| (x, y)))
+        .find(|&(x, y)| shot.stamp_at(x, y, 16).is_some_and(|s| (12_000..20_000).contains(&s)));
+    let Some((wx, wy)) = origin else {
+        anyhow::bail!("no alice tile in the screenshot ({})", saved.display())
+    };
+    let (alice, bob, share) =
+        (shot.stamp_at(wx, wy, 16), shot.stamp_at(wx + 640, wy, 16), shot.stamp_at(wx, wy + 360, 8));
+    eprintln!("window at {wx},{wy}: alice {alice:?}, bob {bob:?}, screen {share:?} ({})", saved.display());
+    let (Some(alice), Some(bob), Some(share)) = (alice, bob, share) else {
+        anyhow::bail!("a tile without a readable stamp: {:?}", (alice, bob, share));
+    };
+    ensure!(alice.abs_diff(bob) <= 80, "alice {alice} and bob {bob} disagree");
+    ensure!(alice.abs_diff(share) <= 250, "alice {alice} and the screen share {share} disagree");
+
+    // SPACE pauses: the cursor stands still.
+    term.keys(&["Space"])?;
+    let paused = term.wait_for("pause", |s| s.contains("paused 1.00x"), WAIT)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let later = term.capture()?;
+    ensure!(cursor(&paused)? == cursor(&later)?, "the cursor moved while paused:\n{paused}\n{later}");
+
+    // Right seeks 5 s ahead.
+    let before = cursor(&later)?;
+    term.keys(&["Right"])?;
+    let sought = term.wait_for("the seek", |s| s.contains("status: seek to"), WAIT)?;
+    let after = cursor(&sought)?;
+    ensure!(
+        after.saturating_sub(before).as_millis().abs_diff(5000) <= 200,
+        "Right went from {before} to {after}"
+    );
+
+    // ] raises the rate; playing again, the cursor runs at it.
+    term.keys(&["]", "]", "Space"])?;
+    term.wait_for("1.5x", |s| s.contains("playing 1.50x"), WAIT)?;
+
+    // 2 toggles bob off and on.
+    term.keys(&["2"])?;
+    let off = term.wait_for("bob off", |s| line_of(s, "bob_video").contains("off"), WAIT)?;
+    ensure!(!line_of(&off, "bob_video").contains('*'), "bob still marked:\n{off}");
+    term.keys(&["2"])?;
+    term.wait_for("bob on", |s| line_of(s, "bob_video").contains("* bob_video"), WAIT)?;
+
+    // c hides the captions; g goes to a typed time.
+    term.keys(&["c"])?;
+    term.wait_for("captions off", |s| s.contains("caption: (captions off)"), WAIT)?;
+    term.keys(&["g", "4", "0", "Enter"])?;
+    let at40 = term.wait_for("go to 40", |s| s.contains("status: seek to 0:40.0"), WAIT)?;
+    let t = cursor(&at40)?;
+    ensure!((40_000..42_000).contains(&t.as_millis()), "g 40 went to {t}");
+
+    // q quits and gives the terminal back.
+    term.keys(&["q"])?;
+    let end = term.wait_for("the exit", restored, WAIT)?;
+    ensure!(end.contains("stopped at 0:4"), "no last position:\n{end}");
+    Ok(())
+}
+
+#[test]
+fn sigint_ends_play_and_restores_the_terminal() -> Result<()> {
+    let x = Xvfb::start()?;
+    let dir = fixture_meeting("meeting-webrtc");
+    let term = Tmux::start(&play_command(&x.display, &dir.to_string_lossy()), 120, 30)?;
+    term.wait_for("the player", |s| s.contains("playing 1.00x"), WAIT)?;
+    let shell = term.pane_pid()?;
+    let player = children_of(shell).into_iter().next().context("no meeting-replay under the pane's shell")?;
+    let out = std::process::Command::new("sh").args(["-c", &format!("kill -INT {player}")]).status()?;
+    ensure!(out.success(), "kill -INT {player} failed");
+    let end = term.wait_for("the exit", restored, WAIT)?;
+    ensure!(end.contains("stopped at"), "{end}");
+    Ok(())
+}
+
+/// Processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: the comm may hold spaces, so count from its ')'.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+            after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
+}
