@@ -77,3 +77,56 @@ fn play_runs_headless_without_a_display_and_prints_captions_and_progress() -> Re
     ensure!(stdout.contains("stopped at 0:12"), "{stdout}");
     Ok(())
 }
+
+/// Plays `meeting` headless from `at` to its end.
+fn play_to_the_end(meeting: &str, at: &str) -> Result<()> {
+    let dir = fixture_meeting(meeting);
+    let output = meeting_replay()
+        .env_remove("DISPLAY")
+        .args(["play", &dir.to_string_lossy(), "--headless", "--at", at])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "play failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    ensure!(stdout.contains("headless (--headless)"), "{stdout}");
+    ensure!(stdout.contains("end of meeting at"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn headless_play_of_the_bundled_meeting_ends_by_itself_at_its_end() -> Result<()> {
+    play_to_the_end("meeting", "45")
+}
+
+#[test]
+fn headless_play_of_the_webrtc_meeting_ends_by_itself_at_its_end() -> Result<()> {
+    play_to_the_end("meeting-webrtc", "0")
+}
+
+#[test]
+fn q_on_stdin_ends_headless_play() -> Result<()> {
+    use std::io::{BufRead, Write};
+    let dir = fixture_meeting("meeting");
+    let mut child = meeting_replay()
+        .args(["play", &dir.to_string_lossy(), "--headless"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // Wait for the first status line, then type q.
+    for line in lines.by_ref() {
+        if line?.contains("buffered:") {
+            break;
+        }
+    }
+    let typed = std::time::Instant::now();
+    writeln!(stdin, "q")?;
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait()?;
+    ensure!(status.success(), "play exited {status}");
+    ensure!(typed.elapsed() < std::time::Duration::from_secs(5), "q took {:?}", typed.elapsed());
+    ensure!(rest.iter().any(|l| l.starts_with("stopped at 0:0")), "{rest:?}");
+    Ok(())
+}
