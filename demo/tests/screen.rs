@@ -41,9 +41,18 @@ fn restored(screen: &str) -> bool {
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// One X server at a time: two started at once were seen to race for a display, and one
+/// test's window then failed to open ("Could not initialise X output").
+static ONE_DISPLAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn display() -> Result<(std::sync::MutexGuard<'static, ()>, Xvfb)> {
+    let guard = ONE_DISPLAY.lock().unwrap_or_else(|e| e.into_inner());
+    Ok((guard, Xvfb::start()?))
+}
+
 #[test]
 fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal() -> Result<()> {
-    let x = Xvfb::start()?;
+    let (_one, x) = display()?;
     let dir = fixture_meeting("meeting");
     let term = Tmux::start(&play_command(&x.display, &format!("{} --at 12", dir.display())), 150, 30)?;
     let screen = term.wait_for("the player", |s| s.contains("playing 1.00x"), WAIT)?;
@@ -98,6 +107,16 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
     term.keys(&["2"])?;
     let off = term.wait_for("bob off", |s| line_of(s, "bob_video").contains("off"), WAIT)?;
     ensure!(!line_of(&off, "bob_video").contains('*'), "bob still marked:\n{off}");
+    // The grid re-lays itself for two tracks: two 640x720 tiles side by side, each picture
+    // centred in its tile (alice at 640x360, the screen share at half size).
+    std::thread::sleep(Duration::from_millis(800));
+    let two = Screenshot::take(&x.display)?;
+    let (alice, share) = (two.stamp_at(wx, wy + 180, 16), two.stamp_at(wx + 640, wy + 180, 8));
+    let (Some(alice), Some(share)) = (alice, share) else {
+        two.save_png(&saved)?;
+        anyhow::bail!("after bob left: alice {alice:?}, screen share {share:?} ({})", saved.display());
+    };
+    ensure!(alice.abs_diff(share) <= 250, "alice {alice} and the screen share {share} disagree");
     term.keys(&["2"])?;
     term.wait_for("bob on", |s| line_of(s, "bob_video").contains("* bob_video"), WAIT)?;
 
@@ -117,11 +136,20 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
 }
 
 #[test]
-fn sigint_ends_play_and_restores_the_terminal() -> Result<()> {
-    let x = Xvfb::start()?;
+fn a_remote_meeting_shows_the_link_and_sigint_restores_the_terminal() -> Result<()> {
+    let (_one, x) = display()?;
     let dir = fixture_meeting("meeting-webrtc");
-    let term = Tmux::start(&play_command(&x.display, &dir.to_string_lossy()), 120, 30)?;
-    term.wait_for("the player", |s| s.contains("playing 1.00x"), WAIT)?;
+    let keys = tempfile::tempdir()?;
+    let served = common::serve(dir.parent().unwrap_or(Path::new(".")), keys.path())?;
+    let target = format!("{}/meeting-webrtc --addr {}", served.id52, served.addr);
+    let term = Tmux::start(&play_command(&x.display, &target), 120, 30)?;
+    let screen = term.wait_for(
+        "the link's figures",
+        |s| s.contains("(remote)") && s.contains("playing 1.00x") && s.contains("KB/s, round trip"),
+        WAIT,
+    )?;
+    let link = screen.lines().find(|l| l.starts_with("link: ")).unwrap_or_default();
+    ensure!(!link.starts_with("link: 0 KB/s"), "no throughput measured: {link}");
     let shell = term.pane_pid()?;
     let player = children_of(shell).into_iter().next().context("no meeting-replay under the pane's shell")?;
     let out = std::process::Command::new("sh").args(["-c", &format!("kill -INT {player}")]).status()?;

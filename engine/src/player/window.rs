@@ -85,7 +85,19 @@ impl GridWindow {
                 visible: Mutex::new(false),
             });
         }
-        pipeline.set_state(gst::State::Playing).map_err(|e| err(&e))?;
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            // The reason is on the bus (no display, a display that refuses the connection).
+            let reason = pipeline
+                .bus()
+                .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+                .and_then(|m| match m.view() {
+                    gst::MessageView::Error(e) => Some(format!("{} ({:?})", e.error(), e.debug())),
+                    _ => None,
+                })
+                .unwrap_or_else(|| "it did not start".into());
+            let _ = pipeline.set_state(gst::State::Null);
+            return Err(err(&reason));
+        }
         Ok(GridWindow { pipeline, tiles, shown: Mutex::new(Vec::new()) })
     }
 
