@@ -56,6 +56,10 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
     let dir = fixture_meeting("meeting");
     let term = Tmux::start(&play_command(&x.display, &format!("{} --at 12", dir.display())), 150, 30)?;
     let screen = term.wait_for("the player", |s| s.contains("playing 1.00x"), WAIT)?;
+    if tandem::player::sound_output().is_none() {
+        // No sound device here (CI): play goes on and says so.
+        ensure!(screen.contains("status: no sound device"), "no word of the missing sound device:\n{screen}");
+    }
     for track in ["alice_video", "bob_video", "screen_share", "mixed_audio", "captions"] {
         ensure!(line_of(&screen, track).contains('*'), "{track} is not listed as playing:\n{screen}");
     }
@@ -90,13 +94,15 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
     ensure!(cursor(&paused)? == cursor(&later)?, "the cursor moved while paused:\n{paused}\n{later}");
 
     // Right seeks 5 s ahead.
+    // (The status line may show buffering right after a seek: the cursor tells.)
     let before = cursor(&later)?;
     term.keys(&["Right"])?;
-    let sought = term.wait_for("the seek", |s| s.contains("status: seek to"), WAIT)?;
+    let moved = |s: &str| cursor(s).is_ok_and(|t| t != before);
+    let sought = term.wait_for("the seek", moved, WAIT)?;
     let after = cursor(&sought)?;
     ensure!(
         after.saturating_sub(before).as_millis().abs_diff(5000) <= 200,
-        "Right went from {before} to {after}"
+        "Right went from {before} to {after}:\n{sought}"
     );
 
     // ] raises the rate; playing again, the cursor runs at it.
@@ -124,9 +130,8 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
     term.keys(&["c"])?;
     term.wait_for("captions off", |s| s.contains("caption: (captions off)"), WAIT)?;
     term.keys(&["g", "4", "0", "Enter"])?;
-    let at40 = term.wait_for("go to 40", |s| s.contains("status: seek to 0:40.0"), WAIT)?;
-    let t = cursor(&at40)?;
-    ensure!((40_000..42_000).contains(&t.as_millis()), "g 40 went to {t}");
+    let near_40 = |s: &str| cursor(s).is_ok_and(|t| (40_000..43_000).contains(&t.as_millis()));
+    term.wait_for("go to 40", near_40, WAIT)?;
 
     // q quits and gives the terminal back.
     term.keys(&["q"])?;

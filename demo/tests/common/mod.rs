@@ -42,7 +42,19 @@ impl Xvfb {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
         let number: u32 = line.trim().parse().with_context(|| format!("Xvfb said {line:?}"))?;
-        Ok(Xvfb { _child: child, display: format!(":{number}") })
+        let display = format!(":{number}");
+        // Xvfb names its display before every client can open it (a window opened at once
+        // was seen to fail with "Could not open display"): wait until a screenshot works.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = Command::new("xwd").args(["-root", "-silent", "-display", &display]).output();
+            if probe.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "Xvfb on {display} accepts no clients");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Xvfb { _child: child, display })
     }
 }
 

@@ -19,6 +19,10 @@
 //! | `feeder`    | samples -> appsrc; seek generations and the flush guard              |
 //! | `branch`    | one track's elements: build, join while playing, remove              |
 //! | `output`    | window, headless or callbacks, and the frames callbacks receive      |
+//! | `grid`      | the grid layout and name tiles the window, export and snapshots share |
+//! | `window`    | the live grid window of the subscribed video tracks                  |
+//! | `export`    | a stretch rendered as fast as possible into an MP4 or one grid image |
+//! | `elements`  | GStreamer elements, and which Debian package installs a missing one  |
 //! | `seek`      | seek modes and per-track seek latency                                |
 //! | `clock`     | the cursor's events: spans, captions, buffering                     |
 //! | `events`    | the event stream                                                     |

@@ -18,7 +18,7 @@ pub type AudioCallback = Arc<dyn Fn(&AudioChunk) + Send + Sync>;
 /// The outputs, chosen when the player opens.
 #[derive(Clone, Default)]
 pub enum Output {
-    /// A window per video track and the speakers.
+    /// The grid window of the subscribed video tracks, and the speakers.
     Window,
     /// Clock-synced sinks with no window and no sound: servers and CI.
     #[default]

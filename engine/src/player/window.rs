@@ -75,7 +75,7 @@ impl GridWindow {
                 .max_buffers(2)
                 .leaky_type(gst_app::AppLeakyType::Downstream)
                 .build();
-            let pads = grid::add_tile(&pipeline, &compositor, appsrc.upcast_ref(), label, true, 10, None)?;
+            let pads = grid::add_tile(&pipeline, &compositor, appsrc.upcast_ref(), label, true, 30, None)?;
             pads.place(None);
             tiles.push(Tile {
                 track: track.clone(),
