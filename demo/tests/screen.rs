@@ -64,27 +64,42 @@ fn keys_drive_the_player_the_window_shows_the_grid_and_q_restores_the_terminal()
         ensure!(line_of(&screen, track).contains('*'), "{track} is not listed as playing:\n{screen}");
     }
 
-    // The window: alice, bob and the screen share in their tiles, at the same instant.
+    // The window: alice, bob and the screen share in their tiles, at the same instant. Five
+    // screenshots 200 ms apart: the live grid may lag a tile by a few frames for a moment when
+    // the machine is loaded, so the typical (median) disagreement must be within a frame and
+    // none beyond 150 ms.
     std::thread::sleep(Duration::from_millis(1500));
-    let shot = Screenshot::take(&x.display)?;
     let saved = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grid-window.png");
-    shot.save_png(&saved)?;
-    // alice (640x360) at the window's origin, bob to her right, the screen share (1280x720
-    // shown at half size) below her. Find the window by alice's stamp.
-    let origin = (0..200)
-        .flat_map(|y| (0..200).map(move |x| (x, y)))
-        .find(|&(x, y)| shot.stamp_at(x, y, 16).is_some_and(|s| (12_000..20_000).contains(&s)));
-    let Some((wx, wy)) = origin else {
-        anyhow::bail!("no alice tile in the screenshot ({})", saved.display())
-    };
-    let (alice, bob, share) =
-        (shot.stamp_at(wx, wy, 16), shot.stamp_at(wx + 640, wy, 16), shot.stamp_at(wx, wy + 360, 8));
-    eprintln!("window at {wx},{wy}: alice {alice:?}, bob {bob:?}, screen {share:?} ({})", saved.display());
-    let (Some(alice), Some(bob), Some(share)) = (alice, bob, share) else {
-        anyhow::bail!("a tile without a readable stamp: {:?}", (alice, bob, share));
-    };
-    ensure!(alice.abs_diff(bob) <= 80, "alice {alice} and bob {bob} disagree");
-    ensure!(alice.abs_diff(share) <= 250, "alice {alice} and the screen share {share} disagree");
+    let mut window = None;
+    let mut spreads = Vec::new();
+    for _ in 0..5 {
+        let shot = Screenshot::take(&x.display)?;
+        shot.save_png(&saved)?;
+        // alice (640x360) at the window's origin, bob to her right, the screen share (1280x720
+        // shown at half size) below her. Find the window by alice's stamp.
+        let origin = window.or_else(|| {
+            (0..200)
+                .flat_map(|y| (0..200).map(move |x| (x, y)))
+                .find(|&(x, y)| shot.stamp_at(x, y, 16).is_some_and(|s| (12_000..20_000).contains(&s)))
+        });
+        let Some((wx, wy)) = origin else {
+            anyhow::bail!("no alice tile in the screenshot ({})", saved.display())
+        };
+        window = Some((wx, wy));
+        let stamps =
+            (shot.stamp_at(wx, wy, 16), shot.stamp_at(wx + 640, wy, 16), shot.stamp_at(wx, wy + 360, 8));
+        eprintln!("window at {wx},{wy}: alice, bob, screen share {stamps:?} ({})", saved.display());
+        let (Some(alice), Some(bob), Some(share)) = stamps else {
+            anyhow::bail!("a tile without a readable stamp: {stamps:?} ({})", saved.display());
+        };
+        // The screen share runs at 5 fps: it may show a frame up to 200 ms old.
+        ensure!(alice.abs_diff(share) <= 250, "alice {alice} and the screen share {share} disagree");
+        spreads.push(alice.abs_diff(bob));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    spreads.sort();
+    ensure!(spreads[2] <= 50 && spreads[4] <= 150, "alice and bob disagree by {spreads:?} ms");
+    let (wx, wy) = window.unwrap_or_default();
 
     // SPACE pauses: the cursor stands still.
     term.keys(&["Space"])?;

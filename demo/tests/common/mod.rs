@@ -32,7 +32,9 @@ impl Xvfb {
     pub fn start() -> Result<Xvfb> {
         // Xvfb picks a free display and writes its number to the pipe once it accepts clients.
         let mut xvfb = Command::new("Xvfb")
-            .args(["-displayfd", "1", "-screen", "0", "1600x900x24", "-nolisten", "tcp"])
+            // -noreset: by default the server resets when its last client leaves (the
+            // readiness probe below), and a window opened during the reset fails.
+            .args(["-displayfd", "1", "-screen", "0", "1600x900x24", "-nolisten", "tcp", "-noreset"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -43,8 +45,7 @@ impl Xvfb {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
         let number: u32 = line.trim().parse().with_context(|| format!("Xvfb said {line:?}"))?;
         let display = format!(":{number}");
-        // Xvfb names its display before every client can open it (a window opened at once
-        // was seen to fail with "Could not open display"): wait until a screenshot works.
+        // Wait until a client is served.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let probe = Command::new("xwd").args(["-root", "-silent", "-display", &display]).output();
