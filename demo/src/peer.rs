@@ -121,10 +121,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         println!("meetings: {}", if names.is_empty() { "(none yet)".to_string() } else { names.join(", ") });
         println!("on the other side:");
         if let Some(addr) = addr {
+            println!("  meeting-replay play {}/{example} --addr {addr}", server.id52());
             println!("  meeting-replay info {}/{example} --addr {addr}", server.id52());
         }
         if !args.no_relay {
-            println!("  meeting-replay info {}/{example}", server.id52());
+            println!("  meeting-replay play {}/{example}", server.id52());
         }
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         eprintln!("shutting down");

@@ -199,20 +199,8 @@ impl Session {
         };
         // Frames and audio of the export's own seek only (not the preroll at zero before it).
         let wanted = Arc::new(AtomicU64::new(u64::MAX));
-        let mut video_tx: HashMap<Arc<str>, Sender<VideoFrame>> = HashMap::new();
-        let mut video_rx = Vec::new();
-        for desc in &videos {
-            let (tx, rx) = crossbeam_channel::bounded(8);
-            video_tx.insert(desc.name.clone(), tx);
-            video_rx.push(rx);
-        }
-        let mut audio_tx: HashMap<Arc<str>, Sender<AudioChunk>> = HashMap::new();
-        let mut audio_rx = Vec::new();
-        for desc in &audios {
-            let (tx, rx) = crossbeam_channel::bounded(64);
-            audio_tx.insert(desc.name.clone(), tx);
-            audio_rx.push(rx);
-        }
+        let (video_tx, video_rx) = channels::<VideoFrame>(&videos, 8);
+        let (audio_tx, audio_rx) = channels::<AudioChunk>(&audios, 64);
         let (seek_v, seek_a) = (wanted.clone(), wanted.clone());
         let output = Output::Callbacks {
             video: Some(Arc::new(move |f: &VideoFrame| {
@@ -587,6 +575,20 @@ impl AudioLane {
             .build();
         self.appsrc.send_event(gap);
     }
+}
+
+/// A bounded channel per track: the senders by track name (for the player's callbacks) and
+/// the receivers in the tracks' order (for the pacer).
+type Senders<T> = HashMap<Arc<str>, Sender<T>>;
+
+fn channels<T>(tracks: &[TrackDesc], capacity: usize) -> (Senders<T>, Vec<Receiver<T>>) {
+    tracks
+        .iter()
+        .map(|desc| {
+            let (tx, rx) = crossbeam_channel::bounded(capacity);
+            ((desc.name.clone(), tx), rx)
+        })
+        .unzip()
 }
 
 fn i420_caps((width, height): (u32, u32)) -> gst::Caps {
