@@ -68,7 +68,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Warnings from the engine (a frozen track in an export, say) go to stderr, one line each;
+/// `RUST_LOG` chooses more. `play` starts none: it shows the player's events itself, on the
+/// screen or as lines.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .try_init();
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if !matches!(cli.command, Command::Play(_)) {
+        init_logging();
+    }
     match cli.command {
         Command::Play(args) => playback::play(args),
         Command::Snapshot(args) => playback::snapshot(args),

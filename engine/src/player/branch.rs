@@ -259,6 +259,20 @@ fn appsink(name: String, caps: gst::Caps, joining: bool, context: &Arc<SinkConte
     sink
 }
 
+/// Callbacks for an appsink: `preroll` and `sample`, and the end of stream noted in the stats.
+fn sink_callbacks(
+    context: &Arc<SinkContext>,
+    preroll: impl Fn(&gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> + Send + Sync + 'static,
+    sample: impl Fn(&gst_app::AppSink) -> Result<gst::FlowSuccess, gst::FlowError> + Send + Sync + 'static,
+) -> gst_app::AppSinkCallbacks {
+    let ended = context.clone();
+    gst_app::AppSinkCallbacks::builder()
+        .new_preroll(preroll)
+        .new_sample(sample)
+        .eos(move |_| ended.stats.set_ended(true))
+        .build()
+}
+
 /// Calls `f` whenever a FLUSH_STOP passes `element`'s pad `pad`.
 fn on_flush_stop(element: &gst::Element, pad: &str, f: impl Fn() + Send + Sync + 'static) {
     let Some(pad) = element.static_pad(pad) else { return };
@@ -278,21 +292,21 @@ fn video_sink(track: &str, context: Arc<SinkContext>, joining: bool) -> Result<g
     let caps = gst_video::VideoCapsBuilder::new().format(gst_video::VideoFormat::I420).build();
     let sink = appsink(format!("{track}-sink"), caps, joining, &context);
     let preroll_context = context.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_preroll(move |sink| {
-                if let Ok(sample) = sink.pull_preroll() {
-                    deliver_video(&preroll_context, sink, &sample, true);
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                deliver_video(&context, sink, &sample, false);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let sample_context = context.clone();
+    sink.set_callbacks(sink_callbacks(
+        &context,
+        move |sink| {
+            if let Ok(sample) = sink.pull_preroll() {
+                deliver_video(&preroll_context, sink, &sample, true);
+            }
+            Ok(gst::FlowSuccess::Ok)
+        },
+        move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            deliver_video(&sample_context, sink, &sample, false);
+            Ok(gst::FlowSuccess::Ok)
+        },
+    ));
     Ok(sink.upcast())
 }
 
@@ -328,22 +342,22 @@ fn audio_sink(
     let caps = gst_audio::AudioCapsBuilder::new_interleaved().format(gst_audio::AUDIO_FORMAT_F32).build();
     let sink = appsink(format!("{track}-sink"), caps, joining, &context);
     let preroll_context = context.clone();
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_preroll(move |sink| {
-                // The prerolled buffer is handed over when it plays; here it only completes a seek.
-                if sink.pull_preroll().is_ok() {
-                    preroll_context.first_buffer();
-                }
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                deliver_audio(&context, sink, &sample);
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    let sample_context = context.clone();
+    sink.set_callbacks(sink_callbacks(
+        &context,
+        move |sink| {
+            // The prerolled buffer is handed over when it plays; here it only completes a seek.
+            if sink.pull_preroll().is_ok() {
+                preroll_context.first_buffer();
+            }
+            Ok(gst::FlowSuccess::Ok)
+        },
+        move |sink| {
+            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+            deliver_audio(&sample_context, sink, &sample);
+            Ok(gst::FlowSuccess::Ok)
+        },
+    ));
     Ok(sink.upcast())
 }
 

@@ -31,7 +31,7 @@ use super::feeder::clock_time;
 use super::grid;
 use super::{
     AudioChunk, Meeting, Output, Player, PlayerError, PlayerEvent, PlayerOptions, SeekMode, TrackDesc,
-    VideoFrame,
+    TrackStats, VideoFrame,
 };
 use crate::manifest::TrackKind;
 use crate::time::MediaTime;
@@ -130,6 +130,7 @@ enum Target<'a> {
 /// One video track's frames on their way to the compositor.
 struct VideoLane {
     desc: TrackDesc,
+    stats: Arc<TrackStats>,
     frames: Receiver<VideoFrame>,
     current: Option<VideoFrame>,
     next: Option<VideoFrame>,
@@ -142,6 +143,7 @@ struct VideoLane {
 /// One audio track's samples on their way to the mixer.
 struct AudioLane {
     desc: TrackDesc,
+    stats: Arc<TrackStats>,
     chunks: Receiver<AudioChunk>,
     pending: Option<AudioChunk>,
     appsrc: gst_app::AppSrc,
@@ -262,8 +264,10 @@ impl Session {
                 Some(frames),
             )?;
             pads.place(Some(place));
+            let stats = player.track_stats(&desc.name).unwrap_or_default();
             video.push(VideoLane {
                 desc,
+                stats,
                 frames: frames_rx,
                 current: None,
                 next: None,
@@ -347,8 +351,10 @@ impl Session {
                         pipeline.add_many(chain).map_err(gst_err)?;
                         gst::Element::link_many(chain).map_err(gst_err)?;
                         resample.link(&mixer).map_err(gst_err)?;
+                        let stats = player.track_stats(&desc.name).unwrap_or_default();
                         audio.push(AudioLane {
                             desc,
+                            stats,
                             chunks,
                             pending: None,
                             appsrc,
@@ -447,29 +453,32 @@ impl VideoLane {
             self.gap(clip, duration);
             return;
         }
-        // The newest frame that starts at or before `at`.
+        // The newest frame that starts at or before `at`. A frame that lasts past `at` is it
+        // unless a newer one is already here; otherwise wait for the next frame, unless the
+        // track has ended (its media stops before its span does: the last frame stays).
         loop {
-            if self.next.is_none() {
-                let wait = if self.dry { Duration::ZERO } else { STALL };
-                match self.frames.recv_timeout(wait) {
-                    Ok(frame) => {
-                        self.next = Some(frame);
-                        self.dry = false;
-                    }
-                    Err(RecvTimeoutError::Timeout) => {
-                        if !self.dry {
-                            tracing::warn!(track = %self.desc.name, %at, "no frame: the track is frozen");
-                        }
-                        self.dry = true;
-                        break;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            }
             if self.next.as_ref().is_some_and(|f| f.pts <= at) {
                 self.current = self.next.take();
-            } else {
+                continue;
+            }
+            if self.next.is_some() {
                 break;
+            }
+            let covered = self.current.as_ref().is_some_and(|f| f.pts.saturating_add(f.duration) > at);
+            let wait = if covered || self.dry || self.stats.ended() { Duration::ZERO } else { STALL };
+            match self.frames.recv_timeout(wait) {
+                Ok(frame) => {
+                    self.next = Some(frame);
+                    self.dry = false;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if !covered && !self.dry && !self.stats.ended() {
+                        tracing::warn!(track = %self.desc.name, %at, "no frame for {STALL:?}: the track is frozen");
+                        self.dry = true;
+                    }
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         let Some(frame) = &self.current else {
@@ -503,7 +512,7 @@ impl AudioLane {
                 let chunk = match self.pending.take() {
                     Some(chunk) => chunk,
                     None => {
-                        let wait = if self.dry { Duration::ZERO } else { STALL };
+                        let wait = if self.dry || self.stats.ended() { Duration::ZERO } else { STALL };
                         match self.chunks.recv_timeout(wait) {
                             Ok(chunk) => {
                                 self.dry = false;

@@ -15,7 +15,7 @@
 //! target and to the span.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -104,6 +104,8 @@ pub struct TrackStats {
     /// Meeting time (ns) up to which media was handed to the feeder; `i64::MAX` once the
     /// track has nothing more to send.
     pub(crate) buffered_until: AtomicI64,
+    /// The sink has rendered the end of the stream since the last seek.
+    ended: AtomicBool,
 }
 
 impl Default for TrackStats {
@@ -113,6 +115,7 @@ impl Default for TrackStats {
             fetches: AtomicU64::new(0),
             frames: AtomicU64::new(0),
             buffered_until: AtomicI64::new(0),
+            ended: AtomicBool::new(false),
         }
     }
 }
@@ -132,6 +135,14 @@ impl TrackStats {
     }
     pub(crate) fn count_rendered(&self) {
         self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+    /// The track's sink has handed over its last buffer (the end of its last span) since the
+    /// last seek: no more frames or samples come until the next seek.
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+    pub(crate) fn set_ended(&self, ended: bool) {
+        self.ended.store(ended, Ordering::Relaxed);
     }
     pub(crate) fn buffered_until(&self) -> MediaTime {
         MediaTime::from_nanos(self.buffered_until.load(Ordering::Relaxed))
@@ -309,18 +320,25 @@ impl Fetcher {
                 Ok(()) => {}
                 Err(Flow::Command(s)) => next = Some(s),
                 Err(Flow::Stop) => return,
-                Err(Flow::Failed(message)) => {
-                    tracing::warn!(track = %self.desc.name, %message, "track failed");
-                    self.events.send(PlayerEvent::TrackError { track: self.desc.name.clone(), message });
-                    self.stats.buffered_until.store(i64::MAX, Ordering::Relaxed);
-                    // End the branch cleanly so no sink waits for it; a later seek retries.
-                    let _ = self.out.send_timeout(
-                        Tagged { generation: start.generation, item: Item::Eos },
-                        Duration::from_secs(1),
-                    );
-                }
+                Err(Flow::Failed(message)) => match self.commands.try_recv() {
+                    // A read cut short because the track was left (the player dropped, the
+                    // runtime behind a peer gone) is no failure.
+                    Err(TryRecvError::Disconnected) => return,
+                    // A newer seek reads again anyway: it reports if that fails too.
+                    Ok(newer) => next = Some(newer),
+                    Err(TryRecvError::Empty) => self.fail(start.generation, message),
+                },
             }
         }
+    }
+
+    /// Reports the track failed and ends its branch cleanly, so no sink waits for it; a later
+    /// seek retries.
+    fn fail(&mut self, generation: u64, message: String) {
+        tracing::warn!(track = %self.desc.name, %message, "track failed");
+        self.events.send(PlayerEvent::TrackError { track: self.desc.name.clone(), message });
+        self.stats.buffered_until.store(i64::MAX, Ordering::Relaxed);
+        let _ = self.out.send_timeout(Tagged { generation, item: Item::Eos }, Duration::from_secs(1));
     }
 
     fn run(&mut self, start: Start) -> Result<(), Flow> {

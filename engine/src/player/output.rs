@@ -180,6 +180,7 @@ pub(crate) struct SinkContext {
 impl SinkContext {
     /// The sink saw FLUSH_STOP: what it shows from now on belongs to the latest seek.
     pub(crate) fn flushed(&self) {
+        self.stats.set_ended(false);
         self.epoch.store(self.seeks.count(), std::sync::atomic::Ordering::Relaxed);
     }
 
