@@ -294,6 +294,9 @@ async fn idle_and_slow_connections_and_strangers_do_not_lock_out_an_allowed_peer
                 Some(ConnectionError::ApplicationClosed(c)) => {
                     assert_eq!(c.error_code.into_inner(), u64::from(CLOSE_BUSY))
                 }
+                // Shed by the server too: on a loaded machine its close can be overtaken by a
+                // stateless reset of the connection it has already dropped.
+                Some(ConnectionError::Reset) => {}
                 Some(other) => panic!("loris connection closed by {other}"),
             }
         }
