@@ -281,20 +281,21 @@ impl GstMeeting {
                 Plan::Show { span, start, offset } => {
                     (start, span.end.map(|e| span.to_media(e)), Some(span), offset)
                 }
-                Plan::Done { end } => (end, None, None, MediaTime::ZERO),
+                Plan::Done { end } => (end, Some(end), None, MediaTime::ZERO),
             };
             *branch.span.lock().unwrap_or_else(|e| e.into_inner()) = span;
             *branch.offset.lock().unwrap_or_else(|e| e.into_inner()) = offset;
             if let Some(pad) = sink.static_pad("sink") {
                 pad.set_offset(offset.as_nanos());
             }
-            let stop_type = if stop.is_some() { gst::SeekType::Set } else { gst::SeekType::None };
+            // The stop is always set (none: the end of the file); a seek without one would
+            // keep the last seek's stop.
             let event = gst::event::Seek::new(
                 rate,
                 flags | gst::SeekFlags::FLUSH,
                 gst::SeekType::Set,
                 clock_time(start),
-                stop_type,
+                gst::SeekType::Set,
                 stop.map(clock_time),
             );
             if !sink.send_event(event) && span.is_some() {
