@@ -5,7 +5,8 @@
 //!
 //! A seek is timed from just before `seek()` is called until every video track active at the
 //! target has handed over the frame whose stamp (read from the pixels) is the one on screen at
-//! the target, and the audio has played a buffer covering the target; preview (key-unit for GStreamer):
+//! the target, and the audio has played its first buffer reaching past the target (which should
+//! cover it: how much later it starts is counted, "audio late"); preview (key-unit for GStreamer):
 //! until every such track has shown a frame at or before the target, from its keyframe on. The
 //! players play during the seeks (scrubbing while playing); a seek starts 150 ms after the last
 //! one landed. Bytes are what the player read from its sources meanwhile (nginx's access log
@@ -57,6 +58,8 @@ struct Runs {
     wrong_first: usize,
     /// Seeks some track's demuxer refused (GStreamer).
     refused: usize,
+    /// Per seek: how much later than the target the first audio played starts (ms).
+    audio_late: Vec<f64>,
 }
 
 impl Runs {
@@ -66,12 +69,14 @@ impl Runs {
         bytes.sort();
         let bytes_p50 = bytes.get(bytes.len() / 2).copied().unwrap_or(0);
         format!(
-            "{label:<34} n={:>4} p50 {p50:>7.1} ms  p95 {p95:>7.1} ms  max {max:>7.1} ms  bytes p50 {:>8.1} KiB  timeouts {}  wrong first frame {}  refused {}",
+            "{label:<34} n={:>4} p50 {p50:>7.1} ms  p95 {p95:>7.1} ms  max {max:>7.1} ms  bytes p50 {:>8.1} KiB  timeouts {}  wrong first frame {}  refused {}  audio late {} (max {:.1} ms)",
             self.times.len(),
             bytes_p50 as f64 / 1024.0,
             self.timeouts,
             self.wrong_first,
-            self.refused
+            self.refused,
+            self.late_count(),
+            self.audio_late.iter().copied().fold(0.0, f64::max)
         )
     }
 
@@ -80,7 +85,13 @@ impl Runs {
         let mut bytes = self.bytes.clone();
         bytes.sort();
         json!({"n": self.times.len(), "p50_ms": p50, "p95_ms": p95, "max_ms": max,
-               "bytes_p50": bytes.get(bytes.len() / 2), "timeouts": self.timeouts, "wrong_first_frame": self.wrong_first, "refused": self.refused})
+               "bytes_p50": bytes.get(bytes.len() / 2), "timeouts": self.timeouts, "wrong_first_frame": self.wrong_first, "refused": self.refused,
+               "audio_started_late": self.late_count(), "audio_late_max_ms": self.audio_late.iter().copied().fold(0.0, f64::max)})
+    }
+
+    /// Seeks whose audio started more than 2 ms after the target.
+    fn late_count(&self) -> usize {
+        self.audio_late.iter().filter(|&&l| l > 2.0).count()
     }
 
     fn p50(&self) -> f64 {
@@ -96,18 +107,22 @@ impl Runs {
     }
 }
 
-/// When the seek numbered `gen` to `t` landed, judged from `log` alone; and whether some
-/// track's first frame was not the target's (accurate mode).
-fn landed(
-    log: &[Rendered],
-    gen: u64,
-    t: MediaTime,
-    videos: &[&Track],
-    mode: Mode,
-    audio: bool,
-) -> (Option<Instant>, bool) {
+/// What a seek's renders say, judged from the log alone.
+#[derive(Debug, Default)]
+struct Landing {
+    /// When every track showed the target (None: not yet).
+    at: Option<Instant>,
+    /// Some track's first frame was not the target's (accurate mode).
+    wrong: bool,
+    /// How much later than the target the first audio played starts (ms; 0 when it covers it).
+    audio_late_ms: f64,
+}
+
+/// Whether the seek numbered `gen` to `t` landed.
+fn landed(log: &[Rendered], gen: u64, t: MediaTime, videos: &[&Track], mode: Mode, audio: bool) -> Landing {
     let mut last = None::<Instant>;
     let mut wrong = false;
+    let mut audio_late_ms = 0.0;
     for video in videos {
         let (Some(expected), Some(key)) = (video.expected_stamp(t), video.keyframe_stamp(t)) else {
             continue;
@@ -135,26 +150,50 @@ fn landed(
         };
         match hit {
             Some(r) => last = Some(last.map_or(r.at, |l| l.max(r.at))),
-            None => return (None, wrong),
+            None => return Landing { at: None, wrong, audio_late_ms },
         }
     }
     if mode == Mode::Accurate && audio {
-        let slack = MediaTime::from_millis(2);
-        // Audio counts when played (ours hands audio over only then; a prerolled buffer is
-        // not heard).
-        let audio = log.iter().find(|r| {
-            r.gen == gen
-                && !r.video
-                && !r.preroll
-                && r.pts.is_some_and(|p| p <= t.saturating_add(slack))
-                && r.end.is_some_and(|e| e > t)
-        });
+        // The first audio played after the seek that reaches past the target (ours hands
+        // audio over only when played; a prerolled buffer is not heard). It should cover the
+        // target; how much later it starts is kept beside the time.
+        let audio =
+            log.iter().find(|r| r.gen == gen && !r.video && !r.preroll && r.end.is_some_and(|e| e > t));
         match audio {
-            Some(r) => last = Some(last.map_or(r.at, |l| l.max(r.at))),
-            None => return (None, wrong),
+            Some(r) => {
+                last = Some(last.map_or(r.at, |l| l.max(r.at)));
+                let start = r.pts.unwrap_or(t);
+                audio_late_ms = (start.as_nanos() - t.as_nanos()).max(0) as f64 / 1e6;
+            }
+            None => return Landing { at: None, wrong, audio_late_ms },
         }
     }
-    (last, wrong)
+    Landing { at: last, wrong, audio_late_ms }
+}
+
+/// What each track showed after a seek that did not land (`TANDEM_BENCH_VERBOSE`).
+fn explain(log: &[Rendered], gen: u64, t: MediaTime, videos: &[&Track]) {
+    for video in videos {
+        let shown: Vec<_> = log
+            .iter()
+            .filter(|r| r.gen == gen && r.video && r.track == video.name)
+            .take(4)
+            .map(|r| (r.stamp, r.pts.map(|p| p.as_millis()), r.preroll))
+            .collect();
+        eprintln!(
+            "  {}: expected {:?} (keyframe {:?}), shown {shown:?}",
+            video.name,
+            video.expected_stamp(t),
+            video.keyframe_stamp(t)
+        );
+    }
+    let audio: Vec<_> = log
+        .iter()
+        .filter(|r| r.gen == gen && !r.video)
+        .take(3)
+        .map(|r| (r.pts.map(|p| p.as_nanos()), r.end.map(|p| p.as_nanos()), r.preroll))
+        .collect();
+    eprintln!("  audio: {audio:?}");
 }
 
 fn wait_landed(
@@ -165,13 +204,13 @@ fn wait_landed(
     videos: &[&Track],
     mode: Mode,
     audio: bool,
-) -> (Option<Instant>, bool) {
+) -> Landing {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let seen = ours::since(log, mark);
-        let (at, wrong) = landed(&seen, gen, t, videos, mode, audio);
-        if at.is_some() || Instant::now() > deadline {
-            return (at, wrong);
+        let landing = landed(&seen, gen, t, videos, mode, audio);
+        if landing.at.is_some() || Instant::now() > deadline {
+            return landing;
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -197,8 +236,9 @@ fn run_ours(meeting: Meeting, info: &MeetingInfo, targets: &[MediaTime], mode: M
         let start = Instant::now();
         player.seek(t, if mode == Mode::Accurate { SeekMode::Accurate } else { SeekMode::Preview })?;
         let gen = player.seek_count();
-        let (at, wrong) = wait_landed(&log, mark, gen, t, &videos, mode, true);
+        let Landing { at, wrong, audio_late_ms } = wait_landed(&log, mark, gen, t, &videos, mode, true);
         runs.wrong_first += usize::from(wrong);
+        runs.audio_late.push(audio_late_ms);
         match at {
             Some(at) => {
                 runs.times.push(at.duration_since(start));
@@ -207,6 +247,9 @@ fn run_ours(meeting: Meeting, info: &MeetingInfo, targets: &[MediaTime], mode: M
             None => {
                 runs.timeouts += 1;
                 eprintln!("ours: seek to {t} ({mode:?}) did not land in {TIMEOUT:?}");
+                if std::env::var_os("TANDEM_BENCH_VERBOSE").is_some() {
+                    explain(&ours::since(&log, mark), gen, t, &videos);
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(150));
@@ -248,8 +291,10 @@ fn run_gst(
             videos.retain(|v| !refused.contains(&v.name));
         }
         let audio = info.tracks.iter().any(|a| a.kind == TrackKind::Audio && !refused.contains(&a.name));
-        let (at, wrong) = wait_landed(&log, mark, gst.seek_count(), t, &videos, mode, audio);
+        let Landing { at, wrong, audio_late_ms } =
+            wait_landed(&log, mark, gst.seek_count(), t, &videos, mode, audio);
         runs.wrong_first += usize::from(wrong);
+        runs.audio_late.push(audio_late_ms);
         match at {
             Some(at) => {
                 runs.times.push(at.duration_since(start));
