@@ -200,12 +200,18 @@ pub fn decode(job: &DecodeJob) -> Result<Duration> {
     let src = gst_app::AppSrc::builder().caps(&job.caps).format(gst::Format::Time).build();
     src.set_property("max-bytes", 0u64);
     let decoder = match job.codec {
-        Codec::H264 => gst::ElementFactory::make("avdec_h264").build()?,
+        // As the player configures it: frame threading deadlocks on flush/NULL in 1.22.0.
+        Codec::H264 => {
+            gst::ElementFactory::make("avdec_h264").property_from_str("thread-type", "slice").build()?
+        }
         Codec::Vp8 => gst::ElementFactory::make("vp8dec").build()?,
         Codec::Vp9 => gst::ElementFactory::make("vp9dec").build()?,
         ref other => bail!("no decoder for {other:?}"),
     };
+    // async=false: the pipeline reaches PLAYING without a preroll buffer, so the clock starts
+    // with the first push (not after a state-change timeout).
     let sink = gst_app::AppSink::builder().sync(false).build();
+    sink.set_property("async", false);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     sink.set_callbacks(
         gst_app::AppSinkCallbacks::builder()
@@ -221,8 +227,9 @@ pub fn decode(job: &DecodeJob) -> Result<Duration> {
     pipeline.add_many([src.upcast_ref(), &decoder, sink.upcast_ref()])?;
     gst::Element::link_many([src.upcast_ref(), &decoder, sink.upcast_ref()])?;
     pipeline.set_state(gst::State::Playing)?;
-    let (state, _, _) = pipeline.state(gst::ClockTime::from_seconds(5));
+    let (state, current, _) = pipeline.state(gst::ClockTime::from_seconds(5));
     state.context("decode pipeline did not start")?;
+    anyhow::ensure!(current == gst::State::Playing, "decode pipeline is {current:?}, not playing");
     let start = Instant::now();
     for (sample, data) in &job.frames {
         let mut buffer = gst::Buffer::from_slice(data.clone());
