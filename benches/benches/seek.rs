@@ -446,6 +446,13 @@ fn bench_meeting(
             &http_name(&gst_http_key),
         ),
         Figure::new(
+            "seek_accurate_p50_p2p_vs_gst_local",
+            "ms",
+            ours_p2p.p50(),
+            gst_local.p50(),
+            "GStreamer uridecodebin, local files",
+        ),
+        Figure::new(
             "seek_accurate_bytes_p50_p2p",
             "KiB",
             ours_p2p.bytes_p50() / 1024.0,
