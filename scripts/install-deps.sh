@@ -15,6 +15,8 @@ PACKAGES=(
   gstreamer1.0-tools
   gstreamer1.0-x
   ffmpeg
+  # The seek benchmark's HTTP baseline: GStreamer reading range requests from nginx on loopback.
+  nginx-light
   # The window test: a virtual display and a screenshot of it; the screen test: a terminal.
   xvfb
   x11-apps

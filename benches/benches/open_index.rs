@@ -18,10 +18,17 @@ use tandem::index::TrackIndex;
 use tandem::manifest::Manifest;
 use tandem::net::{Client, FolderProvider, PeerAddr, RemoteTrack};
 use tandem::{FileSource, RangeSource};
-use tandem_benches::{bench_minutes, long_meeting, ms, quantile};
+use tandem_benches::report::{smoke, write_part, Figure};
+use tandem_benches::{bench_minutes, long_meeting, meetings_dir, ms, quantile};
 use tandem_fixtures::Variant;
 
-const RUNS: usize = 15;
+fn runs() -> usize {
+    if smoke() {
+        1
+    } else {
+        15
+    }
+}
 
 fn gst_preroll(path: &std::path::Path) -> Result<Duration> {
     let pipeline =
@@ -43,7 +50,7 @@ fn main() -> Result<()> {
     }
     gst::init()?;
     let minutes = bench_minutes();
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("meetings");
+    let dir = meetings_dir();
     let folders = [Variant::Standard, Variant::Webrtc]
         .into_iter()
         .map(|variant| long_meeting(&dir, variant, minutes))
@@ -64,7 +71,9 @@ fn main() -> Result<()> {
         server.bound_addrs().into_iter().find(std::net::SocketAddr::is_ipv4).context("an IPv4 address")?;
     let peer = PeerAddr::new(server.id52(), Some(addr));
 
-    println!("open_index: {minutes}-minute meetings, {RUNS} runs per track, median times");
+    println!("open_index: {minutes}-minute meetings, {} runs per track, median times", runs());
+    // Totals over every track: (ours ms, p2p ms, GStreamer preroll ms, bytes read, file bytes).
+    let mut totals = (0.0, 0.0, 0.0, 0u64, 0u64);
     println!(
         "{:<28} {:>9} {:>9} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9}",
         "track", "file MB", "open KB", "reads", "ours ms", "p2p ms", "gst ms", "time x", "bytes x"
@@ -78,7 +87,7 @@ fn main() -> Result<()> {
             let src = FileSource::open(&path)?;
             let mut ours = Vec::new();
             let mut cost = None;
-            for _ in 0..RUNS {
+            for _ in 0..runs() {
                 let start = Instant::now();
                 let index = TrackIndex::open(&track.name, &src)?;
                 ours.push(start.elapsed());
@@ -90,7 +99,7 @@ fn main() -> Result<()> {
             let (p2p, p2p_cost) = runtime.block_on(runtime.spawn_blocking(move || {
                 let mut times = Vec::new();
                 let mut cost = None;
-                for _ in 0..RUNS.min(5) {
+                for _ in 0..runs().min(5) {
                     let start = Instant::now();
                     let index = TrackIndex::open(&name, &remote)?;
                     times.push(start.elapsed());
@@ -104,11 +113,16 @@ fn main() -> Result<()> {
                 track.name
             );
             let mut theirs = Vec::new();
-            for _ in 0..RUNS.min(5) {
+            for _ in 0..runs().min(5) {
                 theirs.push(gst_preroll(&path)?);
             }
             let (ours_ms, p2p_ms, gst_ms) =
                 (ms(quantile(&ours, 0.5)), ms(quantile(&p2p, 0.5)), ms(quantile(&theirs, 0.5)));
+            totals.0 += ours_ms;
+            totals.1 += p2p_ms;
+            totals.2 += gst_ms;
+            totals.3 += cost.bytes;
+            totals.4 += src.len();
             let label = format!("{}/{}", stream_name, track.name);
             let bytes_ratio = cost.bytes as f64 / src.len() as f64;
             println!(
@@ -136,5 +150,17 @@ fn main() -> Result<()> {
         }
     }
     runtime.block_on(server.shutdown());
-    Ok(())
+    let gst = "GStreamer parsebin preroll of the same files";
+    let figures = [
+        Figure::new("open_index_local_vs_gst_preroll", "ms", totals.0, totals.2, gst),
+        Figure::new("open_index_p2p_vs_gst_preroll", "ms", totals.1, totals.2, gst),
+        Figure::new(
+            "open_index_bytes_vs_whole_file",
+            "MiB",
+            totals.3 as f64 / 1048576.0,
+            totals.4 as f64 / 1048576.0,
+            "the whole files",
+        ),
+    ];
+    write_part("open_index", &figures, serde_json::json!({"minutes": minutes, "runs": runs()}))
 }

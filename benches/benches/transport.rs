@@ -30,11 +30,19 @@ use iroh::{Endpoint, RelayMode};
 use rand::{Rng, SeedableRng};
 use tandem::net::{Client, FolderProvider, PeerAddr};
 use tandem::{FileSource, RangeSource};
+use tandem_benches::report::{smoke, write_part, Figure};
 
 const FILE_SIZE: usize = 64 * 1024 * 1024;
 const CHUNKS: &[u64] = &[32 * 1024, 128 * 1024, 512 * 1024, 1024 * 1024, 4 * 1024 * 1024];
 const RAW_ALPN: &[u8] = b"bench/raw";
-const TIME_BOUND: Duration = Duration::from_secs(2);
+/// Per measurement; a smoke run (`TANDEM_BENCH_SMOKE=1`) only checks the code runs.
+fn time_bound() -> Duration {
+    if smoke() {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(2)
+    }
+}
 const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -84,7 +92,7 @@ where
         let got = op(o).await?;
         lat.push(t.elapsed());
         bytes += got.len() as u64;
-        if start.elapsed() > TIME_BOUND {
+        if start.elapsed() > time_bound() {
             break;
         }
     }
@@ -102,7 +110,7 @@ where
             for o in offs {
                 let got = op(o).await?;
                 total.fetch_add(got.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                if start.elapsed() > TIME_BOUND {
+                if start.elapsed() > time_bound() {
                     break;
                 }
             }
@@ -201,7 +209,7 @@ async fn main() -> Result<()> {
 
     let file = Arc::new(FileSource::open(meeting.join("big.bin"))?);
 
-    println!("transport on loopback: {} MiB file, up to {:?} per measurement", FILE_SIZE >> 20, TIME_BOUND);
+    println!("transport on loopback: {} MiB file, up to {:?} per measurement", FILE_SIZE >> 20, time_bound());
     println!(
         "{:>8} | {:>9} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} | {:>9} | {:>6} {:>6}",
         "chunk",
@@ -218,7 +226,9 @@ async fn main() -> Result<()> {
         "ratio4"
     );
     let mut rows = Vec::new();
-    for &chunk in CHUNKS {
+    let mut one_mib = None;
+    let chunks: &[u64] = if smoke() { &[1024 * 1024] } else { CHUNKS };
+    for &chunk in chunks {
         let ours = {
             let (client, peer) = (client.clone(), peer.clone());
             measure(chunk, move |o| {
@@ -244,6 +254,9 @@ async fn main() -> Result<()> {
             .await?
         };
         let ratio = ours.mbps / raw.mbps.max(1e-9);
+        if chunk == 1024 * 1024 {
+            one_mib = Some((ours.mbps, raw.mbps));
+        }
         let ratio4 = ours.mbps_parallel / raw.mbps_parallel.max(1e-9);
         println!(
             "{:>7}K | {:>9.0} {:>9.0} {:>9.0} {:>9.0} | {:>9.0} {:>9.0} {:>9.0} {:>9.0} | {:>9.0} | {:>6.2} {:>6.2}",
@@ -287,10 +300,20 @@ async fn main() -> Result<()> {
     let setup_p50_ms = percentile(&setups, 0.5) / 1000.0;
     let dial_p50_ms = percentile(&dials, 0.5) / 1000.0;
     println!("connection set-up (bind + dial + first stream.get): p50 {setup_p50_ms:.2} ms; dial + get only: p50 {dial_p50_ms:.2} ms");
-    println!(
-        "{}",
-        serde_json::json!({"bench": "transport", "rows": rows, "setup_p50_ms": setup_p50_ms, "dial_get_p50_ms": dial_p50_ms})
-    );
+    let (ours_mbps, raw_mbps) = one_mib.context("no 1 MiB row")?;
+    let figures = [Figure::new(
+        "transport_1mib_vs_raw_quic",
+        "MB/s",
+        ours_mbps,
+        raw_mbps,
+        "raw QUIC stream on the same iroh connection",
+    )
+    .goal_higher(0.8)];
+    write_part(
+        "transport",
+        &figures,
+        serde_json::json!({"rows": rows, "setup_p50_ms": setup_p50_ms, "dial_get_p50_ms": dial_p50_ms}),
+    )?;
 
     client.close().await;
     raw_client.close().await;

@@ -1,5 +1,21 @@
 //! Shared benchmark helpers: long generated meetings (made once, kept in the target dir) and
 //! small statistics.
+//!
+//! | module     | job                                                                    |
+//! |------------|------------------------------------------------------------------------|
+//! | `report`   | figures beside baselines; `<target>/bench/latest.json` and its table    |
+//! | `tracks`   | a meeting's spans, frames and keyframes (from the index); decode limit  |
+//! | `gst_play` | GStreamer's own playback of a meeting: the baselines                    |
+//! | `nginx`    | nginx on loopback, the HTTP range server of the baseline               |
+//! | `ours`     | tandem's player logging what it renders, in the baseline's shape        |
+//! | `peer`     | a loopback peer serving folders, and a client                          |
+
+pub mod gst_play;
+pub mod nginx;
+pub mod ours;
+pub mod peer;
+pub mod report;
+pub mod tracks;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +59,23 @@ pub fn long_meeting(dir: &Path, variant: Variant, minutes: u64) -> anyhow::Resul
     Ok(out)
 }
 
+/// The target dir the running bench binary was built into (`<target>/<profile>/deps/<bin>`),
+/// whatever `CARGO_TARGET_DIR` says.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// The folder generated meetings are kept in (`<target>/tmp/meetings`, `CARGO_TARGET_TMPDIR`).
+pub fn meetings_dir() -> PathBuf {
+    target_dir().join("tmp").join("meetings")
+}
+
+/// The committed 4-track meeting.
+pub fn fixture_meeting() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/meeting")
+}
+
 /// The value at quantile `q` (0..=1) of `values`.
 pub fn quantile(values: &[Duration], q: f64) -> Duration {
     let mut sorted = values.to_vec();
@@ -52,6 +85,21 @@ pub fn quantile(values: &[Duration], q: f64) -> Duration {
     }
     let idx = ((sorted.len() - 1) as f64 * q).round() as usize;
     sorted[idx]
+}
+
+/// p50, p95 and max of `values`, in ms.
+pub fn summary(values: &[Duration]) -> (f64, f64, f64) {
+    (ms(quantile(values, 0.5)), ms(quantile(values, 0.95)), ms(quantile(values, 1.0)))
+}
+
+/// The value at quantile `q` of plain numbers.
+pub fn quantile_f(values: &[f64], q: f64) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 pub fn ms(d: Duration) -> f64 {
