@@ -206,7 +206,9 @@ fn play_lines(player: &Player, start: MediaTime, stop_after: Option<MediaTime>) 
             break;
         }
         match events.recv_timeout(Duration::from_millis(200)) {
-            Ok(PlayerEvent::Caption { start, text, .. }) => println!("[{start}] {}", text.replace('\n', " ")),
+            Ok(PlayerEvent::Caption { start, text, .. }) => {
+                println!("[{start}] {}", crate::screen::plain_caption(&text))
+            }
             Ok(PlayerEvent::TrackError { track, message }) => {
                 eprintln!("track {track} failed: {message}");
                 failed.push(track.to_string());
