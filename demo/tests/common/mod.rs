@@ -60,16 +60,9 @@ impl Xvfb {
 }
 
 /// The stamp (DESIGN §6) drawn at (x, y) of a luma plane with blocks of `block` pixels (16 at
-/// full size, 8 at half size).
+/// full size, 8 at half size). A dark tile reads as stamp 0: that counts as no stamp.
 pub fn stamp_at(luma: impl Fn(usize, usize) -> u8, x: usize, y: usize, block: usize) -> Option<u32> {
-    let bit = |i: usize| luma(x + i * block + block / 2, y + block / 2) >= 128;
-    let (mut value, mut parity) = (0u32, false);
-    for i in 0..24 {
-        let b = bit(i);
-        value = value << 1 | b as u32;
-        parity ^= b;
-    }
-    (bit(24) == parity && value > 0).then_some(value)
+    tandem_fixtures::stamp::read_stamp_at(|x, y| Some(luma(x, y)), x, y, block).filter(|&v| v > 0)
 }
 
 /// BT.601 luma of an RGB pixel.
