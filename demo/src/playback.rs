@@ -114,7 +114,9 @@ pub fn play(args: PlayArgs) -> Result<()> {
         start_at: start,
         ..PlayerOptions::default()
     };
-    if reason.is_none() && !interactive && tandem::player::sound_output().is_none() {
+    // Said on the screen when interactive, as a line otherwise.
+    let silent = reason.is_none() && tandem::player::sound_output().is_none();
+    if silent && !interactive {
         println!("no sound device could be opened: the audio plays silently, in sync");
     }
     let opened = Instant::now();
@@ -123,7 +125,7 @@ pub fn play(args: PlayArgs) -> Result<()> {
     let opened = opened.elapsed();
     if interactive {
         let mut notes = Vec::new();
-        if tandem::player::sound_output().is_none() {
+        if silent {
             notes.push("no sound device: the audio plays silently".to_string());
         }
         let failed = crate::screen::run(&player, remote, notes)?;

@@ -53,20 +53,17 @@ fn source_caps(info: &TrackInfo, engine_audio: bool) -> Result<gst::Caps, String
             .build());
     }
     let caps = match &info.codec {
-        Codec::H264 => {
-            let config = config().ok_or("H.264 without avcC")?;
-            sized(gst::Caps::builder("video/x-h264"))
-                .field("stream-format", "avc")
+        // Access units with the parameter sets out of band, as MP4 and Matroska store them.
+        Codec::H264 | Codec::H265 => {
+            let (media, format, missing) = if info.codec == Codec::H264 {
+                ("video/x-h264", "avc", "H.264 without avcC")
+            } else {
+                ("video/x-h265", "hvc1", "H.265 without hvcC")
+            };
+            sized(gst::Caps::builder(media))
+                .field("stream-format", format)
                 .field("alignment", "au")
-                .field("codec_data", config)
-                .build()
-        }
-        Codec::H265 => {
-            let config = config().ok_or("H.265 without hvcC")?;
-            sized(gst::Caps::builder("video/x-h265"))
-                .field("stream-format", "hvc1")
-                .field("alignment", "au")
-                .field("codec_data", config)
+                .field("codec_data", config().ok_or(missing)?)
                 .build()
         }
         Codec::Vp8 => sized(gst::Caps::builder("video/x-vp8")).build(),

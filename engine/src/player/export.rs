@@ -147,6 +147,8 @@ struct AudioLane {
     chunks: Receiver<AudioChunk>,
     pending: Option<AudioChunk>,
     appsrc: gst_app::AppSrc,
+    /// Sample rate and channels of the appsrc's caps.
+    format: (u32, u32),
     /// The meeting time at clip time zero of the encoder's input.
     origin: MediaTime,
     /// Meeting time up to which the appsrc has samples or a gap.
@@ -358,6 +360,7 @@ impl Session {
                             chunks,
                             pending: None,
                             appsrc,
+                            format: (rate, channels),
                             origin: options.from.saturating_add(AAC_PRIMING),
                             until: options.from.saturating_add(AAC_PRIMING),
                             dry: false,
@@ -561,18 +564,12 @@ impl AudioLane {
             b.set_pts(clock_time(time_of(first).saturating_sub(self.origin)));
             b.set_duration(clock_time(time_of(last).saturating_sub(time_of(first))));
         }
-        if (chunk.rate, chunk.channels) != self.caps() {
+        if (chunk.rate, chunk.channels) != self.format {
+            self.format = (chunk.rate, chunk.channels);
             self.appsrc.set_caps(Some(&pcm_caps(chunk.rate, chunk.channels)));
         }
         let _ = self.appsrc.push_buffer(buffer);
         self.until = time_of(last);
-    }
-
-    fn caps(&self) -> (u32, u32) {
-        self.appsrc
-            .caps()
-            .and_then(|c| gst_audio::AudioInfo::from_caps(&c).ok())
-            .map_or((0, 0), |i| (i.rate(), i.channels()))
     }
 
     fn gap(&self, start: MediaTime, end: MediaTime) {
