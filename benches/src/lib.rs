@@ -34,6 +34,7 @@ pub fn long_meeting(dir: &Path, variant: Variant, minutes: u64) -> anyhow::Resul
         match variant {
             Variant::Standard => "standard",
             Variant::Webrtc => "webrtc",
+            Variant::Jumps => "jumps",
         }
     );
     let out = dir.join(name);

@@ -211,6 +211,7 @@ fn play_lines(player: &Player, start: MediaTime, stop_after: Option<MediaTime>) 
             Ok(PlayerEvent::Caption { start, text, .. }) => {
                 println!("[{start}] {}", crate::screen::plain_caption(&text))
             }
+            Ok(PlayerEvent::Damaged { track, message, .. }) => eprintln!("track {track} damaged: {message}"),
             Ok(PlayerEvent::TrackError { track, message }) => {
                 eprintln!("track {track} failed: {message}");
                 failed.push(track.to_string());

@@ -213,6 +213,9 @@ impl Screen<'_> {
             PlayerEvent::Buffering { track, percent } if percent < 100 => {
                 self.status = format!("buffering {track}: {percent}%");
             }
+            PlayerEvent::Damaged { track, message, .. } => {
+                self.status = format!("track {track} damaged: {message}");
+            }
             PlayerEvent::TrackError { track, message } => {
                 self.status = format!("track {track} failed: {message}");
                 self.failed.push((track.to_string(), message));

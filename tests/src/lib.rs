@@ -76,6 +76,32 @@ pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
         .collect())
 }
 
+/// Presentation times (ms) of every frame ffmpeg decodes from stream 0 of `path`
+/// (`ffprobe -show_frames`, best-effort timestamps), in decode output order.
+pub fn ffprobe_frame_times(path: &Path) -> Result<Vec<f64>> {
+    let out = tool("ffprobe")?
+        .args(["-v", "error", "-select_streams", "0", "-show_entries", "frame=best_effort_timestamp_time"])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .context("running ffprobe")?;
+    if !out.status.success() {
+        bail!("ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ffprobe output")?;
+    let frames = json["frames"].as_array().cloned().unwrap_or_default();
+    frames
+        .iter()
+        .map(|f| {
+            f["best_effort_timestamp_time"]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok())
+                .map(|s| s * 1000.0)
+                .with_context(|| format!("a frame of {} without a time: {f}", path.display()))
+        })
+        .collect()
+}
+
 /// Runs ffmpeg with `args` (inputs, options, output), failing with its stderr.
 pub fn ffmpeg(args: &[&str]) -> Result<()> {
     let out = tool("ffmpeg")?

@@ -509,6 +509,73 @@ fn a_track_whose_file_is_corrupt_mid_way_fails_alone() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_track_that_lost_bytes_reports_it_skips_to_its_next_keyframe_and_plays_on() -> Result<()> {
+    let dir = copy_of_meeting("meeting")?;
+    let oracle = video_oracle(&fixture_meeting("meeting"))?;
+    // Destroy the SimpleBlock header of one of bob's delta frames near media 17 s: the index
+    // loses the rest of that cluster and marks the next block it finds.
+    let bob = dir.path().join("bob_video.webm");
+    let mut bytes = std::fs::read(&bob)?;
+    let source = bytes::Bytes::from(bytes.clone());
+    let index = tandem::index::TrackIndex::open("bob_video", &source)?;
+    let from = index.seek(&source, MediaTime::from_secs(17))?;
+    let batch = index.samples(&source, from.pos, 40)?;
+    let victim = batch.samples.iter().filter(|s| !s.keyframe).nth(4).copied();
+    let Some(victim) = victim else { anyhow::bail!("no delta frame after bob's keyframe at {}", from.pts) };
+    // The element: ID 0xA3, a size vint of `len` bytes, then the track, timecode and flags.
+    let p = victim.offset as usize - 4;
+    let header = (1..=8usize).find(|&len| {
+        let size = &bytes[p - len..p];
+        let value =
+            size[1..].iter().fold(u64::from(size[0]) & (0xFF >> len), |acc, &b| (acc << 8) | u64::from(b));
+        bytes[p - len - 1] == 0xA3 && size[0].leading_zeros() as usize + 1 == len && value == victim.size + 4
+    });
+    let Some(len) = header else { anyhow::bail!("no SimpleBlock header before byte {}", victim.offset) };
+    bytes[p - len - 1] = 0x00;
+    std::fs::write(&bob, bytes)?;
+    // Bob's media starts at meeting time 5 s.
+    let victim_at = victim.pts.saturating_add(MediaTime::from_secs(5));
+    let recorder = Recorder::default();
+    let player = open_recorded(Meeting::from_folder(dir.path())?, &recorder)?;
+    let events = player.events();
+    player.seek(victim_at.saturating_sub(MediaTime::from_secs(2)), SeekMode::Accurate)?;
+    let mark = recorder.mark().0;
+    player.play()?;
+    std::thread::sleep(Duration::from_secs(9));
+    let events: Vec<_> = events.try_iter().collect();
+    let reports: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            tandem::player::PlayerEvent::Damaged { track, at, message, .. } => {
+                Some((track.clone(), *at, message.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    let failures: Vec<_> =
+        events.iter().filter(|e| matches!(e, tandem::player::PlayerEvent::TrackError { .. })).collect();
+    ensure!(failures.is_empty(), "a track failed: {failures:?}");
+    let Some((track, at, message)) = reports.first() else { anyhow::bail!("no damage reported") };
+    eprintln!("{track}: {message}");
+    ensure!(&**track == "bob_video", "the damage names {track}");
+    ensure!(*at > victim_at && *at < victim_at.saturating_add(MediaTime::from_secs(6)), "reported at {at}");
+    // Bob plays on past the damage, and shows only what GStreamer's decode of the intact file
+    // shows at each frame's time.
+    let frames = recorder.frames_since(mark);
+    let bob_frames: Vec<_> = frames.iter().filter(|f| &*f.track == "bob_video" && !f.preroll).collect();
+    let last = bob_frames.iter().filter_map(|f| f.stamp).max().unwrap_or(0);
+    ensure!(i64::from(last) > at.as_millis() + 1000, "bob stopped at {last} ms (damage at {at})");
+    for f in &bob_frames {
+        let Some(stamp) = f.stamp else { continue };
+        let shown = oracle["bob_video"].frames.iter().any(|(_, s)| *s == stamp);
+        ensure!(shown, "bob showed a frame stamped {stamp} that the file does not hold");
+    }
+    let pause = longest_pause(&frames, "alice_video");
+    ensure!(pause < Duration::from_millis(150), "alice paused {pause:?} around bob's damage");
+    Ok(())
+}
+
 /// A link shared by every track: a fixed latency per request and a bandwidth cap.
 struct Link {
     latency: Duration,

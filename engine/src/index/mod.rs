@@ -155,6 +155,12 @@ pub struct Sample {
     pub offset: u64,
     pub size: u64,
     pub keyframe: bool,
+    /// Bytes before this sample were damaged or missing, and the index skipped them (a
+    /// Matroska resync, a gap in Ogg page sequence numbers, an MP3 resync): frames that
+    /// reference earlier ones may have lost their references. Time passing between samples is
+    /// no damage: encoders pause and recorders drop frames while references stay intact.
+    #[serde(default)]
+    pub follows_damage: bool,
 }
 
 impl Sample {

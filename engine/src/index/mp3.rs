@@ -235,6 +235,8 @@ pub(crate) fn is_mp3(head: &[u8]) -> bool {
 struct FrameRef {
     offset: u64,
     len: u32,
+    /// Bytes before this frame were skipped to find sync again.
+    follows_damage: bool,
 }
 
 /// Where the frames of a constant-bitrate stream lie, if the encoder padded them: frame `n`
@@ -442,6 +444,7 @@ impl Mp3Index {
     fn next_frame(&self, wr: &mut WindowReader<'_>, pos: &mut u64) -> Result<Option<FrameRef>, ParseError> {
         let len = wr.len();
         // Each round returns or moves `*pos` forward (resync finds a start past it).
+        let mut resynced = false;
         loop {
             if pos.saturating_add(4) > len {
                 return Ok(None);
@@ -452,13 +455,16 @@ impl Mp3Index {
                 if end > len {
                     return Ok(None); // a cut-off last frame
                 }
-                let frame = FrameRef { offset: *pos, len: h.len };
+                let frame = FrameRef { offset: *pos, len: h.len, follows_damage: resynced };
                 *pos = end;
                 return Ok(Some(frame));
             }
             // Lost sync (garbage, a tag at the end): find two consecutive frames again.
             match self.resync(wr, *pos + 1)? {
-                Some(next) => *pos = next,
+                Some(next) => {
+                    *pos = next;
+                    resynced = true;
+                }
                 None => return Ok(None),
             }
         }
@@ -624,6 +630,7 @@ impl Mp3Index {
             offset: f.offset,
             size: f.len as u64,
             keyframe: true,
+            follows_damage: f.follows_damage,
         }
     }
 }
@@ -879,6 +886,11 @@ mod tests {
         let keyframes = index.keyframes(&src).expect("walks");
         assert_eq!(keyframes.len(), 8);
         assert_eq!(keyframes[4].offset, 4 * 417 + 5);
+        // The frame found after the garbage is marked, and only that one.
+        let batch = index.samples(&src, keyframes[0].pos, 20).expect("samples");
+        let marked: Vec<usize> =
+            batch.samples.iter().enumerate().filter(|(_, s)| s.follows_damage).map(|(i, _)| i).collect();
+        assert_eq!(marked, vec![4]);
         // Without Xing: CBR estimate.
         let d = index.info().duration.expect("estimate").as_millis();
         assert!((d - (8 * 417 + 5) * 8 / 128).abs() <= 1, "{d}");

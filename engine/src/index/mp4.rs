@@ -540,6 +540,7 @@ impl Mp4Index {
             offset: s.offset,
             size: u64::from(s.size),
             keyframe: s.sync,
+            follows_damage: false,
         }
     }
 

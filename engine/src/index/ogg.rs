@@ -118,6 +118,8 @@ struct Page {
     header_type: u8,
     granule: i64,
     serial: u32,
+    /// Page sequence number: a gap means pages of the stream are missing.
+    sequence: u32,
     header_len: usize,
     /// Header and body.
     bytes: Bytes,
@@ -229,6 +231,7 @@ fn parse_page_budgeted(buf: &Bytes, at: usize, abs: u64, budget: &mut u64) -> Re
         header_type: head[5],
         granule: i64::from_le_bytes(g),
         serial: u32::from_le_bytes([head[14], head[15], head[16], head[17]]),
+        sequence: u32::from_le_bytes([head[18], head[19], head[20], head[21]]),
         header_len,
         bytes: buf.slice(at..at + total),
     })
@@ -634,6 +637,8 @@ impl OggIndex {
             out: VecDeque::new(),
             done: false,
             crc_budget: CRC_WORK_SLACK,
+            last_sequence: None,
+            skipped: false,
         }
     }
 
@@ -696,6 +701,8 @@ struct Packet {
     end: u64,
     start: i64,
     duration: i64,
+    /// Pages were skipped or missing before this packet.
+    follows_damage: bool,
 }
 
 /// Walks our stream's packets forward from a page.
@@ -710,6 +717,10 @@ struct Walker<'a> {
     /// CRC bytes the walk may still compute: earned at [`CRC_WORK_PER_BYTE`] per byte walked,
     /// so resyncing through a stretch of fake capture patterns stays linear in its length.
     crc_budget: u64,
+    /// Sequence number of our stream's last page.
+    last_sequence: Option<u32>,
+    /// Damaged pages were skipped, or ours came with a sequence gap, since the last packet.
+    skipped: bool,
 }
 
 impl Walker<'_> {
@@ -726,6 +737,10 @@ impl Walker<'_> {
                 continue;
             };
             if page.serial == self.index.serial {
+                if self.last_sequence.is_some_and(|s| page.sequence != s.wrapping_add(1)) {
+                    self.skipped = true;
+                }
+                self.last_sequence = Some(page.sequence);
                 self.process(&page);
             }
         }
@@ -757,6 +772,7 @@ impl Walker<'_> {
                 Err(_) => {
                     self.anchor = None;
                     self.pending = None;
+                    self.skipped = true;
                     let from = self.pos.saturating_add(1);
                     let buf = self.wr.read_up_to(from, SEEK_WINDOW, PAGE)?;
                     let before = self.pos;
@@ -839,6 +855,7 @@ impl Walker<'_> {
                 end: p.end,
                 start: t,
                 duration: d,
+                follows_damage: std::mem::take(&mut self.skipped),
             });
             t = t.saturating_add(d);
         }
@@ -932,6 +949,7 @@ impl ContainerIndex for OggIndex {
                 offset: p.offset,
                 size: p.end.saturating_sub(p.offset),
                 keyframe: true,
+                follows_damage: p.follows_damage,
             });
             last = Some(p);
         }
@@ -1183,6 +1201,33 @@ mod tests {
         let (src, index) = open(f);
         let keyframes = index.expect("opens").keyframes(&src).expect("walks past the bad page");
         assert_eq!(keyframes.len(), 3);
+    }
+
+    #[test]
+    fn packets_after_skipped_or_missing_pages_are_marked() {
+        let marks = |f: Vec<u8>| -> Vec<bool> {
+            let (src, index) = open(f);
+            let index = index.expect("opens");
+            let first = index.keyframes(&src).expect("walks")[0].pos;
+            let batch = index.samples(&src, first, 100).expect("samples");
+            batch.samples.iter().map(|s| s.follows_damage).collect()
+        };
+        let pages = |f: &[u8]| -> Vec<usize> {
+            f.windows(4).enumerate().filter(|(_, w)| w == b"OggS").map(|(i, _)| i).collect()
+        };
+        // Intact: nothing marked.
+        assert_eq!(marks(opus_file(4, 2, 0)), vec![false; 8]);
+        // A damaged page (bad CRC) is skipped: the first packet after it is marked.
+        let mut f = opus_file(4, 2, 0);
+        let third = pages(&f)[3];
+        f[third + 30] ^= 0xFF;
+        assert_eq!(marks(f), vec![false, false, true, false, false, false]);
+        // A page cut out whole: its successor's sequence number jumps.
+        let f = opus_file(4, 2, 0);
+        let at = pages(&f);
+        let mut cut = f[..at[3]].to_vec();
+        cut.extend_from_slice(&f[at[4]..]);
+        assert_eq!(marks(cut), vec![false, false, true, false, false, false]);
     }
 
     #[test]

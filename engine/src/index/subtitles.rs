@@ -130,6 +130,7 @@ impl ContainerIndex for SubtitleIndex {
                 offset: c.offset,
                 size: c.size,
                 keyframe: true,
+                follows_damage: false,
             })
             .collect();
         let next = self.cues.get(end).map(|c| ReadPos { offset: c.offset, sample: end as u64 });

@@ -42,6 +42,9 @@ pub enum PlayerEvent {
     SeekDone { target: MediaTime, mode: SeekMode, tracks: Vec<(Arc<str>, Duration)> },
     /// Every subscribed track has played to its end.
     EndOfMeeting,
+    /// A track's file is damaged at meeting time `at` (byte `offset`): what cannot be decoded
+    /// is skipped and the track plays on.
+    Damaged { track: Arc<str>, at: MediaTime, offset: u64, message: String },
     /// A track failed and stopped; the others play on.
     TrackError { track: Arc<str>, message: String },
 }

@@ -40,8 +40,6 @@ const INDEX_BATCH: usize = 128;
 const REORDER_LOOKAHEAD: usize = 16;
 /// Opus decoders need this much audio before a seek point to converge (RFC 7845 section 4.6).
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
-/// A video delta frame this far after the previous frame has lost its references.
-const MAX_DELTA_JUMP: MediaTime = MediaTime::from_secs(2);
 /// Frames a reordering decoder may hold back (see `Fetcher::advance`).
 const REORDER_HELD: i64 = 3;
 /// Keyframe copies that drain a reordering decoder (see `Fetcher::drain_decoder`).
@@ -291,8 +289,10 @@ struct Run {
     recent_pts: VecDeque<MediaTime>,
     /// The pipeline's position has been seen near the target: it reflects this generation.
     position_seen: bool,
-    /// Decode time of the last sample sent in this span.
-    last_dts: Option<MediaTime>,
+    /// Damaged bytes were met in this span: delta frames are dropped until the next keyframe.
+    skipping: bool,
+    /// The file ends inside a sample of this span (a cut recording): nothing more comes.
+    truncated: bool,
     last_stats: Instant,
 }
 
@@ -351,7 +351,8 @@ impl Fetcher {
             last_duration: MediaTime::from_millis(20),
             media_end: MediaTime::ZERO,
             recent_pts: VecDeque::with_capacity(REORDER_LOOKAHEAD),
-            last_dts: None,
+            skipping: false,
+            truncated: false,
             position_seen: false,
             last_stats: Instant::now(),
         };
@@ -492,8 +493,8 @@ impl Fetcher {
         let mut pending: VecDeque<Sample> = VecDeque::new();
         let mut next_pos: Option<ReadPos> = Some(keyframe.pos);
         let mut first = true;
-        let is_video = self.desc.kind == crate::manifest::TrackKind::Video;
-        run.last_dts = None;
+        run.skipping = false;
+        run.truncated = false;
         // A keyframe of this span, to drain the decoder with when the span ends.
         let mut span_keyframe: Option<Bytes> = None;
         run.media_end = media;
@@ -506,12 +507,17 @@ impl Fetcher {
                     next_pos = None;
                     break;
                 }
-                pending.extend(batch.samples);
+                for sample in batch.samples {
+                    if let Some(sample) = self.admit(run, span, sample) {
+                        pending.push_back(sample);
+                    }
+                }
                 next_pos = batch.next;
             }
             let Some(head) = pending.front().copied() else {
-                // The samples ran out: fine at the end of the media, damage anywhere else.
-                if let Some(duration) = index.info().duration {
+                // The samples ran out: fine at the end of the media, or after damage already
+                // reported; damage anywhere else.
+                if let (Some(duration), false) = (index.info().duration, run.skipping || run.truncated) {
                     if run.media_end.saturating_add(MediaTime::from_secs(1)) < duration
                         && end_media.is_none_or(|end| run.media_end < end)
                     {
@@ -565,18 +571,13 @@ impl Fetcher {
             self.sizer.record(data.len() as u64, started.elapsed());
             let chunk = Chunk { base: src, start: head.offset, data };
             first = false;
-            // A video delta frame long after the frame before it cannot be decoded: the bytes
-            // in between were damaged and skipped by the index. Play up to there, then fail.
-            let damaged =
-                if is_video { find_damage(run.last_dts, pending.iter().take(count + 1)) } else { None };
-            let count = damaged.map_or(count, |at| at.min(count));
-            let horizon_samples = damaged.unwrap_or(pending.len());
             for i in 0..count {
                 let sample = pending[i];
-                run.last_dts = Some(sample.dts);
-                let around = run.recent_pts.iter().copied().chain(
-                    pending.iter().take(horizon_samples).skip(i + 1).take(REORDER_LOOKAHEAD).map(|s| s.pts),
-                );
+                let around = run
+                    .recent_pts
+                    .iter()
+                    .copied()
+                    .chain(pending.iter().skip(i + 1).take(REORDER_LOOKAHEAD).map(|s| s.pts));
                 let duration = presentation_duration(&sample, around).unwrap_or(run.last_duration);
                 if run.recent_pts.len() == REORDER_LOOKAHEAD {
                     run.recent_pts.pop_front();
@@ -594,15 +595,54 @@ impl Fetcher {
             }
             pending.drain(..count);
             self.publish(run, false);
-            if let (Some(_), Some(bad)) = (damaged, pending.front()) {
-                return Err(Flow::Failed(format!(
-                    "the samples jump from {} to a non-keyframe at {} (byte {}): the file is damaged",
-                    run.last_dts.unwrap_or_default(),
-                    bad.dts,
-                    bad.offset
-                )));
-            }
         }
+    }
+
+    /// Whether a sample the index listed is sent. After bytes the index skipped (damage) a
+    /// video track's delta frames have lost their references: they are dropped up to the next
+    /// keyframe, so the picture holds the last good frame, and the damage is reported. A long
+    /// pause between frames is not damage. A sample the file ends inside ends the span.
+    fn admit(&mut self, run: &mut Run, span: &Span, mut sample: Sample) -> Option<Sample> {
+        if run.truncated {
+            return None;
+        }
+        let is_video = self.desc.kind == crate::manifest::TrackKind::Video;
+        let len = self.data_source.len();
+        if sample.end() > len {
+            run.truncated = true;
+            self.report_damage(
+                span.to_meeting(sample.pts),
+                sample.offset,
+                format!("the file ends at byte {len}, inside this sample: the track ends here"),
+            );
+            return None;
+        }
+        if sample.follows_damage {
+            let skip = is_video && !sample.keyframe;
+            self.report_damage(
+                span.to_meeting(sample.pts),
+                sample.offset,
+                if skip {
+                    "bytes before this frame are damaged or missing: frames up to the next keyframe are skipped"
+                } else {
+                    "bytes before this sample are damaged or missing"
+                }
+                .to_string(),
+            );
+            run.skipping |= skip;
+        }
+        if sample.keyframe {
+            // The first frame after a skip starts the decoder afresh.
+            sample.follows_damage |= std::mem::take(&mut run.skipping);
+            return Some(sample);
+        }
+        (!run.skipping).then_some(sample)
+    }
+
+    fn report_damage(&self, at: MediaTime, offset: u64, what: String) {
+        let message = format!("t {at} (byte {offset}): {what}");
+        tracing::warn!(track = %self.desc.name, %message, "damaged media");
+        self.events.send(PlayerEvent::Damaged { track: self.desc.name.clone(), at, offset, message });
     }
 
     /// Sends one sample as the feeder wants it: coded, or decoded to PCM for engine audio.
@@ -617,6 +657,9 @@ impl Fetcher {
     ) -> Result<(), Flow> {
         let pts = span.to_meeting(sample.pts);
         let size = data.len() as u64;
+        if sample.follows_damage {
+            run.discont = true;
+        }
         if let Some(decoder) = &mut self.decoder {
             let pcm = match decoder.decode(&data) {
                 Ok(pcm) => pcm,
@@ -784,18 +827,6 @@ impl Fetcher {
     }
 }
 
-/// Index (into `samples`) of the first delta frame whose decode time jumps more than
-/// [`MAX_DELTA_JUMP`] past the sample before it (`last` before the first).
-fn find_damage<'a>(mut last: Option<MediaTime>, samples: impl Iterator<Item = &'a Sample>) -> Option<usize> {
-    for (i, sample) in samples.enumerate() {
-        if !sample.keyframe && last.is_some_and(|l| sample.dts > l.saturating_add(MAX_DELTA_JUMP)) {
-            return Some(i);
-        }
-        last = Some(sample.dts);
-    }
-    None
-}
-
 /// Sample frames at `rate` from `from` to `to` (zero when `to` is not after `from`).
 fn frames_between(from: MediaTime, to: MediaTime, rate: i64) -> u64 {
     if to <= from {
@@ -828,6 +859,7 @@ mod tests {
             offset: 0,
             size: 1,
             keyframe: false,
+            follows_damage: false,
         }
     }
 

@@ -677,7 +677,7 @@ impl MkvIndex {
         src: &dyn RangeSource,
         until: Option<MediaTime>,
     ) -> Result<Vec<Keyframe>, ParseError> {
-        let mut w = Walker::new(src, self.segment_end);
+        let mut w = Walker::new(src, self.segment_end, &self.info.codec);
         let mut out = Vec::new();
         let mut pos = self.walk_start;
         while let Some(cluster) = w.next_cluster(pos)? {
@@ -791,12 +791,20 @@ struct BlockRef {
     payload_end: u64,
     /// BlockDuration in ticks.
     duration: Option<u64>,
+    /// The walk skipped damaged bytes since the track's previous block.
+    follows_damage: bool,
 }
 
 /// Forward walker over clusters and their blocks.
 struct Walker<'a> {
     w: WindowReader<'a>,
     segment_end: u64,
+    /// VP8 and VP9 frames say whether they are keyframes, where a BlockGroup may not:
+    /// GStreamer's muxer writes a delta frame that needs a BlockDuration (one followed by a
+    /// pause) as a BlockGroup without ReferenceBlock, which Matroska reads as a keyframe.
+    keys_in_frames: Option<Codec>,
+    /// Damaged bytes were skipped since the last block reported: the next one is marked.
+    skipped: bool,
 }
 
 /// What a block callback wants next.
@@ -824,9 +832,10 @@ impl Flow {
 type OnBlock<'c> = dyn FnMut(&mut WindowReader<'_>, BlockRef) -> Result<Flow, ParseError> + 'c;
 
 impl<'a> Walker<'a> {
-    fn new(src: &'a dyn RangeSource, segment_end: u64) -> Walker<'a> {
+    fn new(src: &'a dyn RangeSource, segment_end: u64, codec: &Codec) -> Walker<'a> {
         let segment_end = segment_end.min(src.len());
-        Walker { w: WindowReader::new(src, WALK_WINDOW), segment_end }
+        let keys_in_frames = matches!(codec, Codec::Vp8 | Codec::Vp9).then(|| codec.clone());
+        Walker { w: WindowReader::new(src, WALK_WINDOW), segment_end, keys_in_frames, skipped: false }
     }
 
     fn header(&mut self, pos: u64, element: &'static str) -> Result<Result<Header, HeaderError>, ParseError> {
@@ -854,6 +863,7 @@ impl<'a> Walker<'a> {
     /// The offset of the next Cluster ID after damaged bytes at `from`.
     fn resync(&mut self, from: u64) -> Result<u64, ParseError> {
         const MAGIC: [u8; 4] = [0x1F, 0x43, 0xB6, 0x75];
+        self.skipped = true;
         let mut at = from.saturating_add(1);
         let limit = from.saturating_add(RESYNC_LIMIT).min(self.segment_end);
         while at < limit {
@@ -894,8 +904,12 @@ impl<'a> Walker<'a> {
         while pos < limit {
             let header = match self.header(pos, "Cluster")? {
                 Ok(h) => h,
-                // Garbage inside a cluster (or a file cut inside a header): the cluster ends.
-                Err(_) => break,
+                // Garbage inside a cluster (or a file cut inside a header): the cluster ends,
+                // and whatever it held past here is lost.
+                Err(_) => {
+                    self.skipped = true;
+                    break;
+                }
             };
             if known_end.is_none() && ebml::is_top_level(header.id) {
                 return Ok(pos);
@@ -905,6 +919,7 @@ impl<'a> Walker<'a> {
             };
             if end > limit {
                 // Cut short: index up to the last complete block.
+                self.skipped = true;
                 break;
             }
             match header.id {
@@ -917,7 +932,8 @@ impl<'a> Walker<'a> {
                     timestamp = ebml::read_uint(&data);
                 }
                 id::SIMPLE_BLOCK | id::BLOCK_GROUP if reporting => {
-                    if let Some(block) = self.block(&header, end, track, timestamp)? {
+                    if let Some(mut block) = self.block(&header, end, track, timestamp)? {
+                        block.follows_damage = std::mem::take(&mut self.skipped);
                         match on_block(&mut self.w, block)? {
                             Flow::More => {}
                             Flow::Done => {
@@ -1010,20 +1026,44 @@ impl<'a> Walker<'a> {
         };
         let relative = i64::from(i16::from_be_bytes([t0, t1]));
         let ticks = i64::try_from(cluster_ticks).unwrap_or(i64::MAX).saturating_add(relative);
-        if keyframe_flag.is_none() {
-            keyframe_flag = Some(flags & 0x80 != 0);
+        let lacing = (flags >> 1) & 0x03;
+        match keyframe_flag {
+            None => keyframe_flag = Some(flags & 0x80 != 0),
+            // A Block without ReferenceBlock: the frame itself says.
+            Some(true) => match (&self.keys_in_frames, head.get(number_len + 3).filter(|_| lacing == 0)) {
+                (Some(Codec::Vp8), Some(&b)) => keyframe_flag = Some(vp8_keyframe(b)),
+                (Some(Codec::Vp9), Some(&b)) => keyframe_flag = Some(vp9_keyframe(b)),
+                _ => {}
+            },
+            Some(false) => {}
         }
         Ok(Some(BlockRef {
             offset: header.offset,
             element,
             ticks,
             keyframe: keyframe_flag.unwrap_or(false),
-            lacing: (flags >> 1) & 0x03,
+            lacing,
             payload: block_start + number_len as u64 + 3,
             payload_end: block_end,
             duration,
+            follows_damage: false,
         }))
     }
+}
+
+/// A VP8 frame tag's first byte: bit 0 is the frame type, 0 for a key frame (RFC 6386 9.1).
+fn vp8_keyframe(first: u8) -> bool {
+    first & 1 == 0
+}
+
+/// A VP9 uncompressed header's first byte (VP9 bitstream spec 6.2): frame marker, profile,
+/// show_existing_frame, then frame_type (0 for a key frame).
+fn vp9_keyframe(first: u8) -> bool {
+    let profile = ((first >> 4) & 1) << 1 | ((first >> 5) & 1);
+    let rest = if profile == 3 { first << 5 } else { first << 4 };
+    let show_existing = rest & 0x80 != 0;
+    let frame_type = rest & 0x40 != 0;
+    first >> 6 == 0b10 && !show_existing && !frame_type
 }
 
 /// The (offset, size) of each frame in a block, undoing Xiph, fixed-size and EBML lacing.
@@ -1125,7 +1165,7 @@ impl ContainerIndex for MkvIndex {
         if max == 0 {
             return Ok(SampleBatch { samples: Vec::new(), next: Some(from) });
         }
-        let mut w = Walker::new(src, self.segment_end);
+        let mut w = Walker::new(src, self.segment_end, &self.info.codec);
         let first = match w.header(from.offset, "Cluster")? {
             Ok(h) if h.id == id::CLUSTER => h,
             _ => {
@@ -1173,6 +1213,8 @@ impl ContainerIndex for MkvIndex {
                         offset,
                         size,
                         keyframe: block.keyframe,
+                        // Laced frames after the first follow their block's first frame.
+                        follows_damage: block.follows_damage && i == 0,
                     });
                 }
                 Ok(Flow::More)

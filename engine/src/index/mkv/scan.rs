@@ -251,7 +251,7 @@ impl MkvIndex {
         t: MediaTime,
     ) -> Result<Option<Keyframe>, ParseError> {
         let Some(lo) = self.bisect(src, t)? else { return Ok(None) };
-        let mut w = Walker::new(src, self.segment_end);
+        let mut w = Walker::new(src, self.segment_end, &self.info.codec);
         if let Some(k) = self.walk_until(&mut w, lo, u64::MAX, t)? {
             return Ok(Some(k));
         }

@@ -387,16 +387,20 @@ fn block_groups_use_reference_block_and_duration() {
         data.extend_from_slice(payload);
         el(id::BLOCK, &data)
     };
-    let key = el(id::BLOCK_GROUP, &cat(&[block(0, b"K"), uint(id::BLOCK_DURATION, 33)]));
-    let delta = el(id::BLOCK_GROUP, &cat(&[block(33, b"P"), el(id::REFERENCE_BLOCK, &[0xDF])]));
-    let (file, _) = Mkv::new(vec![cluster_with(Size::Minimal, 1000, &[key, delta])]).build();
+    // VP8 frame tags: bit 0 of the first byte is 0 for a key frame.
+    let key = el(id::BLOCK_GROUP, &cat(&[block(0, b"\x10K"), uint(id::BLOCK_DURATION, 33)]));
+    let delta = el(id::BLOCK_GROUP, &cat(&[block(33, b"\x11P"), el(id::REFERENCE_BLOCK, &[0xDF])]));
+    // GStreamer's muxer writes a delta frame followed by a pause as a BlockGroup with a
+    // BlockDuration and no ReferenceBlock: the VP8 frame tag says it is no keyframe.
+    let paused = el(id::BLOCK_GROUP, &cat(&[block(66, b"\x11P"), uint(id::BLOCK_DURATION, 2000)]));
+    let (file, _) = Mkv::new(vec![cluster_with(Size::Minimal, 1000, &[key, delta, paused])]).build();
     let index = open(&file).expect("opens");
     let keyframes = index.keyframes(&file).expect("walks");
     assert_eq!(keyframes.len(), 1);
     let batch = index.samples(&file, keyframes[0].pos, 10).expect("samples");
     let got: Vec<(i64, bool, i64)> =
         batch.samples.iter().map(|s| (s.pts.as_millis(), s.keyframe, s.duration.as_millis())).collect();
-    assert_eq!(got, vec![(1000, true, 33), (1033, false, 0)]);
+    assert_eq!(got, vec![(1000, true, 33), (1033, false, 0), (1066, false, 2000)]);
 }
 
 #[test]
@@ -729,4 +733,54 @@ fn bisection_terminates_on_garbage() {
             }
         }
     }
+}
+
+#[test]
+fn the_block_after_skipped_bytes_is_marked_and_time_jumps_are_not() {
+    let marks = |file: &Bytes| -> Vec<(i64, bool)> {
+        let index = open(file).expect("opens");
+        let first = index.keyframes(file).expect("walks")[0].pos;
+        let batch = index.samples(file, first, 20).expect("samples");
+        batch.samples.iter().map(|s| (s.pts.as_millis(), s.follows_damage)).collect()
+    };
+    // Garbage between the second and third clusters: the walk resyncs, and the third
+    // cluster's first block of the track (a delta frame) follows damage.
+    let mut clusters = three_clusters(Size::Minimal);
+    clusters.insert(2, vec![0x00, 0x13, 0x37, 0xFF, 0x1F, 0x43, 0x00]);
+    let (file, _) = Mkv::new(clusters).build();
+    assert_eq!(marks(&file), vec![(0, false), (40, false), (80, false), (120, false), (160, true)]);
+    // A block whose size runs past its (sized) cluster: what followed it in the cluster is
+    // lost, so the next cluster's first block follows damage.
+    let mut clusters = three_clusters(Size::Minimal);
+    let broken = simple_block(2, 40, false, b"p120");
+    let mut second = cluster_with(Size::Minimal, 80, &[simple_block(2, 0, true, b"KEY80"), broken]);
+    let n = second.len();
+    second[n - 9] = 0x8F; // the last SimpleBlock's size: 15 bytes, past the cluster's end
+    clusters[1] = second;
+    let (file, _) = Mkv::new(clusters).build();
+    assert_eq!(marks(&file), vec![(0, false), (40, false), (80, false), (160, true)]);
+    // Delta frames seconds apart inside one GOP (a recorder that paused): no damage.
+    let clusters = vec![
+        cluster_with(
+            Size::Minimal,
+            0,
+            &[simple_block(2, 0, true, b"KEY0"), simple_block(2, 40, false, b"p40")],
+        ),
+        cluster_with(Size::Minimal, 9000, &[simple_block(2, 0, false, b"p9000")]),
+        cluster_with(Size::Minimal, 30_000, &[simple_block(2, 0, false, b"p30000")]),
+    ];
+    let (file, _) = Mkv::new(clusters).build();
+    assert_eq!(marks(&file), vec![(0, false), (40, false), (9000, false), (30_000, false)]);
+}
+
+#[test]
+fn vp8_and_vp9_frame_headers_tell_keyframes() {
+    assert!(super::vp8_keyframe(0x10) && !super::vp8_keyframe(0x11));
+    // VP9: frame marker 0b10, profile 0: show_existing_frame at bit 3, frame_type at bit 2.
+    assert!(super::vp9_keyframe(0x82));
+    assert!(!super::vp9_keyframe(0x86), "an inter frame");
+    assert!(!super::vp9_keyframe(0x88), "show_existing_frame");
+    // Profile 3 has a reserved bit first: frame_type at bit 1.
+    assert!(super::vp9_keyframe(0xB0) && !super::vp9_keyframe(0xB2));
+    assert!(!super::vp9_keyframe(0x02), "no frame marker");
 }
