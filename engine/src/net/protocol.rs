@@ -53,9 +53,11 @@
 //!   send a whole first request header within the first-request timeout, and a connection with
 //!   no request for the idle timeout is closed, both with [`CLOSE_IDLE`] (clients simply dial
 //!   again).
-//! - Handshakes in progress are bounded in number and time: a server at its bound drops the
-//!   oldest handshake in progress (a peer's ID is known only once its handshake completes, so
-//!   a crowd of stalled handshakes must not keep a new, allowed one waiting).
+//! - Handshakes in progress are bounded in number and time: a server at its bound closes the
+//!   oldest handshake in progress with [`CLOSE_EVICTED`] (a peer's ID is known only once its
+//!   handshake completes, so a crowd of stalled handshakes must not keep a new, allowed one
+//!   waiting), and one that outlasts the handshake timeout with [`CLOSE_IDLE`]. A client may
+//!   see such a close as a transport-level close during the handshake instead.
 //! - Clients refuse a [`ReadWindow`] whose `max` is below [`MIN_WINDOW_MAX`] or whose `min` is
 //!   above [`MAX_WINDOW_MIN`] (a server could otherwise make one read cost millions of
 //!   requests, or a tiny read cost a huge one) and never ask for more than
@@ -97,7 +99,8 @@ pub const CLOSE_BUSY: u32 = 2;
 pub const CLOSE_IDLE: u32 = 3;
 /// Connection close code: the server was at its connection cap and closed this connection, the
 /// one that had gone longest without a request and had none being answered, to make room for
-/// a new one. Clients simply dial again.
+/// a new one; or it had too many handshakes in progress and this was the oldest. Clients
+/// simply dial again.
 pub const CLOSE_EVICTED: u32 = 4;
 
 /// The smallest `max` of a read window a client accepts: below this a read of a few MiB of
