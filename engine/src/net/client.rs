@@ -22,8 +22,8 @@ use iroh::{Endpoint, NodeAddr, NodeId};
 use super::identity;
 use super::protocol::{
     read_frame, ErrorCode, FrameError, GetRequest, NetError, ReadRangeOk, ReadRangeRequest, ReadWindow,
-    Request, ResponseHeader, StreamInfo, TrackInfo, ALPN, CLOSE_BUSY, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
-    MAX_RESPONSE_HEADER,
+    Request, ResponseHeader, StreamInfo, TrackInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE,
+    CLOSE_UNAUTHORIZED, MAX_RESPONSE_HEADER,
 };
 use super::server::endpoint_builder;
 use crate::source::{check_range, RangeSource, SourceError};
@@ -381,10 +381,10 @@ fn conn_err(e: impl std::fmt::Display) -> NetError {
     NetError::Connection(e.to_string())
 }
 
-/// The server closed the connection while staying up (it sat idle, or the server refused
-/// us), as opposed to going away: it can be dialed again on the same path.
+/// The server closed the connection while staying up (it sat idle, made room for another, or
+/// refused us), as opposed to going away: it can be dialed again on the same path.
 fn closed_by_live_server(conn: &Connection) -> bool {
-    let live = [CLOSE_IDLE, CLOSE_UNAUTHORIZED, CLOSE_BUSY].map(u64::from);
+    let live = [CLOSE_IDLE, CLOSE_UNAUTHORIZED, CLOSE_BUSY, CLOSE_EVICTED].map(u64::from);
     matches!(conn.close_reason(), Some(ConnectionError::ApplicationClosed(close))
         if live.contains(&close.error_code.into_inner()))
 }

@@ -10,6 +10,8 @@
 //!   a [`crate::RangeSource`] over a remote track.
 //! - [`folder`]: a ready-made provider serving a root folder of meetings.
 //! - [`identity`]: ID52 key files and their iroh equivalents.
+//! - `strangers` (tests and benches, feature `test-utils`): crowds of hostile identities that
+//!   idle, stall mid-header or stall mid-handshake.
 //!
 //! Layering rule: nothing here imports the index (codec) modules; the player sits above.
 
@@ -20,6 +22,8 @@ mod hostile_tests;
 pub mod identity;
 pub mod protocol;
 pub mod server;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod strangers;
 
 pub use client::{Client, PeerAddr, RemoteTrack};
 pub use folder::FolderProvider;

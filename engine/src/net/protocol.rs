@@ -45,10 +45,19 @@
 //!   handshake names it, with close code [`CLOSE_UNAUTHORIZED`], before reading any request:
 //!   such peers learn nothing about which streams exist and hold no connection slot. Clients
 //!   report that close as the status `unauthorized`.
-//! - Connections beyond the server's limits (in total, or per peer) are closed at once with
-//!   [`CLOSE_BUSY`]. A request header must arrive within the server's header timeout (else
-//!   `bad_request`), and a connection with no request for the server's idle timeout is closed
-//!   with [`CLOSE_IDLE`] (clients simply dial again).
+//! - At its connection cap a server makes room for a new connection by closing, with
+//!   [`CLOSE_EVICTED`], the open connection that has gone longest without a request and has
+//!   none being answered; only when every open connection is being answered is the new one
+//!   closed with [`CLOSE_BUSY`] (as is one beyond its peer's share). A request header must
+//!   arrive within the server's header timeout (else `bad_request`); a new connection must
+//!   send a whole first request header within the first-request timeout, and a connection with
+//!   no request for the idle timeout is closed, both with [`CLOSE_IDLE`] (clients simply dial
+//!   again).
+//! - Handshakes in progress are bounded in number and time: a server at its bound closes the
+//!   oldest handshake in progress with [`CLOSE_EVICTED`] (a peer's ID is known only once its
+//!   handshake completes, so a crowd of stalled handshakes must not keep a new, allowed one
+//!   waiting), and one that outlasts the handshake timeout with [`CLOSE_IDLE`]. A client may
+//!   see such a close as a transport-level close during the handshake instead.
 //! - Clients refuse a [`ReadWindow`] whose `max` is below [`MIN_WINDOW_MAX`] or whose `min` is
 //!   above [`MAX_WINDOW_MIN`] (a server could otherwise make one read cost millions of
 //!   requests, or a tiny read cost a huge one) and never ask for more than
@@ -85,8 +94,14 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_UNAUTHORIZED: u32 = 1;
 /// Connection close code: the server (or this peer's share of it) has no connection free.
 pub const CLOSE_BUSY: u32 = 2;
-/// Connection close code: no request arrived for the server's idle timeout.
+/// Connection close code: no request arrived for the server's idle timeout (or, on a new
+/// connection, for its first-request timeout).
 pub const CLOSE_IDLE: u32 = 3;
+/// Connection close code: the server was at its connection cap and closed this connection, the
+/// one that had gone longest without a request and had none being answered, to make room for
+/// a new one; or it had too many handshakes in progress and this was the oldest. Clients
+/// simply dial again.
+pub const CLOSE_EVICTED: u32 = 4;
 
 /// The smallest `max` of a read window a client accepts: below this a read of a few MiB of
 /// metadata would take thousands of requests.

@@ -2,15 +2,26 @@
 //!
 //! ```text
 //! Endpoint (ALPN tandem/stream/1)
-//!   '- accept loop (handshakes in progress capped, each bounded by a timeout)
+//!   '- accept loop: handshakes in progress bounded in number (at the bound the oldest is
+//!      closed, CLOSE_EVICTED, for the newcomer) and in time (the handshake timeout, CLOSE_IDLE)
 //!        '- per connection, once the handshake names the peer:
-//!             allow-list (strangers closed at once, CLOSE_UNAUTHORIZED, no slot taken),
-//!             per-peer cap, then a connection slot (CLOSE_BUSY when either is full);
-//!             then accept_bi loop, closed with CLOSE_IDLE after the idle timeout
+//!             allow-list (strangers closed at once, CLOSE_UNAUTHORIZED, no place taken),
+//!             per-peer cap (CLOSE_BUSY), then a place under the connection cap: when it is
+//!             full, the connection longest without a request and with none being answered
+//!             is closed (CLOSE_EVICTED) to make room; when every one is being answered, the
+//!             newcomer is closed (CLOSE_BUSY);
+//!             then accept_bi loop, closed with CLOSE_IDLE when no whole request header has
+//!             arrived within the first-request timeout, or after the idle timeout
 //!             '- per stream (max concurrent per connection, `busy` above): read header
 //!                (within the header timeout), check, resolver(stream) -> sizes,
 //!                loader(stream, track, start, len) -> bytes
 //! ```
+//!
+//! Why evict rather than refuse: an iroh peer's ID is known only once its handshake completes,
+//! and strangers can come from the same address as an honest client, so neither limits by
+//! address nor per-peer caps stop a crowd of fresh identities that connect and never ask
+//! anything. Such connections are the ones that go longest without a request; an honest
+//! client's connection asks at once and is busy while it is answered.
 //!
 //! The server knows names and sizes only through the resolver and bytes only through the
 //! loader; it never decodes and never caches (every read calls the loader). Whatever the
@@ -18,23 +29,24 @@
 //! Shutdown is explicit: [`ServerHandle::shutdown`] stops accepting, lets in-flight requests
 //! finish (bounded by a timeout) and closes the endpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use iroh::endpoint::{Connection, RecvStream, SendStream, TransportConfig, VarInt};
+use iroh::endpoint::{Connecting, Connection, Incoming, RecvStream, SendStream, TransportConfig, VarInt};
 use iroh::{Endpoint, NodeAddr, NodeId, RelayMode};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::identity;
 use super::protocol::{
     encode_frame, read_frame, ErrorCode, FrameError, NetError, ReadRangeOk, ReadWindow, Request,
-    ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_IDLE, CLOSE_SHUTDOWN, CLOSE_UNAUTHORIZED,
-    MAX_REQUEST_HEADER,
+    ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_SHUTDOWN,
+    CLOSE_UNAUTHORIZED, MAX_REQUEST_HEADER,
 };
 
 /// Describes a stream: `Ok(None)` when there is no such stream. The server replaces
@@ -96,8 +108,10 @@ impl Server {
             max_connections: 256,
             max_connections_per_peer: 8,
             max_requests_per_connection: 64,
+            max_handshakes: 256,
             handshake_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
             internet: false,
@@ -115,14 +129,21 @@ pub struct ServerBuilder<R, L> {
     /// ID52s allowed to ask anything; everyone when `None`.
     allow: Option<Vec<String>>,
     window: ReadWindow,
-    /// Connections beyond this are closed as soon as their handshake ends.
+    /// Connections open at once; at the cap a newcomer takes the place of the connection
+    /// longest without a request (none being answered), or is closed when all are busy.
     max_connections: usize,
-    /// Connections one peer may hold at once, so one peer cannot take every slot.
+    /// Connections one peer may hold at once, so one peer cannot take every place.
     max_connections_per_peer: usize,
+    /// Handshakes in progress at once; at the bound the oldest is dropped for a newcomer, so
+    /// stalled handshakes cannot keep a new one (perhaps an allowed peer's) out.
+    max_handshakes: usize,
     /// A handshake that takes longer is dropped.
     handshake_timeout: Duration,
     /// A request whose header has not arrived after this long is answered `bad_request`.
     header_timeout: Duration,
+    /// A new connection that has not sent a whole request header after this long is closed:
+    /// an honest client connects to ask something.
+    first_request_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     idle_timeout: Duration,
     /// QUIC stream credit per connection; requests above it (if a client ignores the credit)
@@ -169,12 +190,20 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
         self.max_connections_per_peer = n.max(1);
         self
     }
+    pub fn max_handshakes(mut self, n: usize) -> Self {
+        self.max_handshakes = n.max(1);
+        self
+    }
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
     }
     pub fn header_timeout(mut self, timeout: Duration) -> Self {
         self.header_timeout = timeout;
+        self
+    }
+    pub fn first_request_timeout(mut self, timeout: Duration) -> Self {
+        self.first_request_timeout = timeout;
         self
     }
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
@@ -238,8 +267,10 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
             max_requests: self.max_requests_per_connection,
             max_connections: self.max_connections,
             max_per_peer: self.max_connections_per_peer,
+            max_handshakes: self.max_handshakes,
             handshake_timeout: self.handshake_timeout,
             header_timeout: self.header_timeout,
+            first_request_timeout: self.first_request_timeout,
             idle_timeout: self.idle_timeout,
             shutdown_timeout: self.shutdown_timeout,
         });
@@ -349,8 +380,10 @@ struct Inner<R, L> {
     max_requests: usize,
     max_connections: usize,
     max_per_peer: usize,
+    max_handshakes: usize,
     handshake_timeout: Duration,
     header_timeout: Duration,
+    first_request_timeout: Duration,
     idle_timeout: Duration,
     shutdown_timeout: Duration,
 }
@@ -399,10 +432,8 @@ async fn accept_loop<R: Resolver, L: Loader>(
     inner: Arc<Inner<R, L>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Handshakes in progress are capped like connections: a flood of half-open handshakes
-    // is refused, not queued.
-    let handshakes = Arc::new(Semaphore::new(inner.max_connections));
-    let slots = Arc::new(Semaphore::new(inner.max_connections));
+    let mut handshakes = Handshakes::new(inner.max_handshakes);
+    let places = Places::new(inner.max_connections);
     let per_peer: PeerCounts = Arc::default();
     let mut connections = JoinSet::new();
     loop {
@@ -410,45 +441,214 @@ async fn accept_loop<R: Resolver, L: Loader>(
             _ = wait_shutdown(&mut shutdown) => break,
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                    tracing::debug!("refusing a connection: too many handshakes in progress");
-                    incoming.refuse();
-                    continue;
-                };
+                handshakes.start(incoming, inner.handshake_timeout);
+            }
+            Some(done) = handshakes.next_done() => {
+                let Some(conn) = done else { continue };
+                let Some((place, peer_share)) = admit(&conn, &inner, &places, &per_peer) else { continue };
                 let (inner, shutdown) = (inner.clone(), shutdown.clone());
-                let (slots, per_peer) = (slots.clone(), per_peer.clone());
                 connections.spawn(async move {
-                    let connecting = match incoming.accept() {
-                        Ok(c) => c,
-                        Err(e) => return tracing::debug!("accept failed: {e}"),
-                    };
-                    let conn = match tokio::time::timeout(inner.handshake_timeout, connecting).await {
-                        Ok(Ok(conn)) => conn,
-                        Ok(Err(e)) => return tracing::debug!("handshake failed: {e}"),
-                        Err(_) => return tracing::debug!("handshake timed out"),
-                    };
-                    drop(handshake);
-                    let Some((_slot, _peer_share)) = admit(&conn, &inner, &slots, &per_peer) else { return };
-                    serve_connection(conn, inner, shutdown).await;
+                    serve_connection(conn, place, inner, shutdown).await;
+                    drop(peer_share);
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    handshakes.abort_all();
     // Each connection task saw the same signal and is draining its requests.
     let grace = inner.shutdown_timeout.saturating_add(Duration::from_secs(1));
     let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     connections.abort_all();
 }
 
+/// Handshakes in progress, bounded in number: at the bound the oldest is dropped (closed with
+/// [`CLOSE_EVICTED`]) to make room for the newcomer, so a crowd of handshakes that never
+/// complete delays a new one by at most the time it takes that many more to arrive.
+struct Handshakes {
+    max: usize,
+    tasks: JoinSet<Option<Connection>>,
+    /// One per task, oldest first: dropping it tells the task to give up its handshake. A
+    /// closed one belongs to a task that has ended; they are pruned as new ones arrive.
+    order: VecDeque<oneshot::Sender<()>>,
+}
+
+impl Handshakes {
+    fn new(max: usize) -> Handshakes {
+        Handshakes { max, tasks: JoinSet::new(), order: VecDeque::new() }
+    }
+
+    fn start(&mut self, incoming: Incoming, timeout: Duration) {
+        self.order.retain(|task| !task.is_closed());
+        while self.order.len() >= self.max {
+            tracing::debug!("dropping the oldest handshake in progress: {} at once", self.max);
+            self.order.pop_front();
+        }
+        let (evict, evicted) = oneshot::channel();
+        self.order.push_back(evict);
+        self.tasks.spawn(async move {
+            let mut connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("accept failed: {e}");
+                    return None;
+                }
+            };
+            tokio::select! {
+                done = &mut connecting => match done {
+                    Ok(conn) => Some(conn),
+                    Err(e) => {
+                        tracing::debug!("handshake failed: {e}");
+                        None
+                    }
+                },
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::debug!("handshake timed out");
+                    close_handshake(connecting, CLOSE_IDLE, b"handshake timed out");
+                    None
+                }
+                _ = evicted => {
+                    close_handshake(connecting, CLOSE_EVICTED, b"too many handshakes in progress");
+                    None
+                }
+            }
+        });
+    }
+
+    /// The next handshake to end: `Some(None)` when it failed, timed out or was dropped;
+    /// `None` when none is in progress.
+    async fn next_done(&mut self) -> Option<Option<Connection>> {
+        let done = self.tasks.join_next().await?;
+        Some(done.ok().flatten())
+    }
+
+    fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        self.order.clear();
+    }
+}
+
+/// Closes a handshake in progress with `code` (merely dropping it would close it with code 0,
+/// which clients read as a shutdown). A server-side handshake can always be turned into a
+/// (0.5-RTT) connection; nothing is sent on it but the close.
+fn close_handshake(connecting: Connecting, code: u32, reason: &[u8]) {
+    if let Ok((conn, _)) = connecting.into_0rtt() {
+        conn.close(VarInt::from_u32(code), reason);
+    }
+}
+
+/// The connections holding a place under the cap, and what eviction needs to know of each.
+#[derive(Clone)]
+struct Places {
+    inner: Arc<Mutex<PlaceTable>>,
+}
+
+struct PlaceTable {
+    max: usize,
+    next_id: u64,
+    open: HashMap<u64, OpenConnection>,
+}
+
+struct OpenConnection {
+    /// To close it when it is evicted.
+    conn: Connection,
+    /// When it was admitted, then when a request of it last arrived or was answered.
+    last_request: Instant,
+    /// Requests whose header has arrived and whose answer is not yet written: an evicted
+    /// connection must have none.
+    answering: usize,
+    /// A whole request header has arrived on it (the first-request timeout no longer applies).
+    asked: bool,
+}
+
+impl Places {
+    fn new(max: usize) -> Places {
+        Places { inner: Arc::new(Mutex::new(PlaceTable { max, next_id: 0, open: HashMap::new() })) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlaceTable> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for `conn`: a free one, or the place of the connection that has gone longest
+    /// without a request and has none being answered (closed with [`CLOSE_EVICTED`]). `None`
+    /// when every open connection is being answered.
+    fn take(&self, conn: &Connection) -> Option<Place> {
+        let mut table = self.lock();
+        if table.open.len() >= table.max {
+            let victim = table
+                .open
+                .iter()
+                .filter(|(_, open)| open.answering == 0)
+                .min_by_key(|(_, open)| open.last_request)
+                .map(|(id, _)| *id)?;
+            if let Some(evicted) = table.open.remove(&victim) {
+                tracing::debug!("evicting the connection longest without a request: {} open", table.max);
+                evicted.conn.close(VarInt::from_u32(CLOSE_EVICTED), b"making room for a new connection");
+            }
+        }
+        let id = table.next_id;
+        table.next_id += 1;
+        let open =
+            OpenConnection { conn: conn.clone(), last_request: Instant::now(), answering: 0, asked: false };
+        table.open.insert(id, open);
+        Some(Place { places: self.clone(), id })
+    }
+}
+
+/// A connection's place under the cap; given back when dropped (or taken by eviction).
+struct Place {
+    places: Places,
+    id: u64,
+}
+
+impl Place {
+    /// A request's header has arrived: the connection is busy until the guard is dropped.
+    fn answering(&self) -> Answering<'_> {
+        let mut table = self.places.lock();
+        if let Some(open) = table.open.get_mut(&self.id) {
+            open.answering += 1;
+            open.asked = true;
+            open.last_request = Instant::now();
+        }
+        Answering { place: self }
+    }
+
+    fn asked(&self) -> bool {
+        // An evicted connection is closed already; whatever is answered here does not matter.
+        self.places.lock().open.get(&self.id).is_none_or(|open| open.asked)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.places.lock().open.remove(&self.id);
+    }
+}
+
+/// A request being answered on a connection (see [`Place::answering`]).
+struct Answering<'a> {
+    place: &'a Place,
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        let mut table = self.place.places.lock();
+        if let Some(open) = table.open.get_mut(&self.place.id) {
+            open.answering = open.answering.saturating_sub(1);
+            open.last_request = Instant::now();
+        }
+    }
+}
+
 /// Decides whether a connection whose handshake has ended may stay: the allow-list first
-/// (a stranger is closed at once and holds nothing), then its peer's share, then a slot.
+/// (a stranger is closed at once and holds nothing), then its peer's share, then a place.
 fn admit<R, L>(
     conn: &Connection,
     inner: &Inner<R, L>,
-    slots: &Arc<Semaphore>,
+    places: &Places,
     per_peer: &PeerCounts,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, PeerShare)> {
+) -> Option<(Place, PeerShare)> {
     let Ok(peer) = conn.remote_node_id() else {
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED), b"no peer identity");
         return None;
@@ -462,32 +662,46 @@ fn admit<R, L>(
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections from this peer");
         return None;
     };
-    let Ok(slot) = slots.clone().try_acquire_owned() else {
-        tracing::debug!("refusing a connection: {} already open", inner.max_connections);
+    let Some(place) = places.take(conn) else {
+        tracing::debug!("refusing a connection: all {} open ones are being answered", inner.max_connections);
         conn.close(VarInt::from_u32(CLOSE_BUSY), b"too many connections");
         return None;
     };
-    Some((slot, peer_share))
+    Some((place, peer_share))
 }
 
 async fn serve_connection<R: Resolver, L: Loader>(
     conn: Connection,
+    place: Place,
     inner: Arc<Inner<R, L>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let place = Arc::new(place);
     let slots = Arc::new(Semaphore::new(inner.max_requests));
     let mut requests = JoinSet::new();
     let idle = tokio::time::sleep(inner.idle_timeout);
     tokio::pin!(idle);
+    let first_request = tokio::time::sleep(inner.first_request_timeout);
+    tokio::pin!(first_request);
+    let mut first_request_checked = false;
     let (mut code, mut reason): (u32, &[u8]) = (CLOSE_SHUTDOWN, b"server shutting down");
     loop {
         tokio::select! {
             _ = wait_shutdown(&mut shutdown) => break,
             accepted = conn.accept_bi() => {
                 let Ok((send, recv)) = accepted else { break };
-                let inner = inner.clone();
+                let (inner, place) = (inner.clone(), place.clone());
                 let slot = slots.clone().try_acquire_owned().ok();
-                requests.spawn(async move { serve_request(&inner, send, recv, slot).await });
+                requests.spawn(async move { serve_request(&inner, &place, send, recv, slot).await });
+            }
+            _ = &mut first_request, if !first_request_checked => {
+                first_request_checked = true;
+                if !place.asked() {
+                    // Nothing to drain: no header has arrived on it.
+                    requests.abort_all();
+                    (code, reason) = (CLOSE_IDLE, b"no request");
+                    break;
+                }
             }
             Some(_) = requests.join_next(), if !requests.is_empty() => {
                 if requests.is_empty() {
@@ -511,11 +725,14 @@ async fn serve_connection<R: Resolver, L: Loader>(
 /// shutdown right after does not cut it off).
 async fn serve_request<R: Resolver, L: Loader>(
     inner: &Inner<R, L>,
+    place: &Place,
     mut send: SendStream,
     mut recv: RecvStream,
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
     let header = tokio::time::timeout(inner.header_timeout, read_frame(&mut recv, MAX_REQUEST_HEADER)).await;
+    // A whole header makes the connection busy (not to be evicted) until it is answered.
+    let answering = matches!(header, Ok(Ok(_))).then(|| place.answering());
     let result = match header {
         Err(_) => {
             let _ = recv.stop(VarInt::from_u32(1));
@@ -559,6 +776,7 @@ async fn serve_request<R: Resolver, L: Loader>(
         }
     }
     drop(slot);
+    drop(answering);
     if send.finish().is_ok() {
         let _ = tokio::time::timeout(ACK_WAIT, send.stopped()).await;
     }
