@@ -13,9 +13,14 @@
 //!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
 //!   spec and knows nothing about media. Without the feature the crate is the parsers alone
 //!   (what the fuzz targets build).
-//! - `player` (cargo feature `player`, on by default): one meeting clock over subscribed
-//!   tracks, fetchers that pull byte ranges while buffers are below target, and one GStreamer
-//!   pipeline fed by `appsrc` with exact timestamps; see [`player`] for its own layout.
+//! - `stream` (cargo feature `stream`, implied by `net` and `player`): the stream layer any
+//!   app can embed, free of GStreamer: a meeting's tracks subscribed as handles, each a
+//!   buffered stream of coded packets on the meeting timeline (bounded in time and bytes,
+//!   back-pressure from the consumer to the reads), seek by time with tickets; see
+//!   [`stream`].
+//! - `player` (cargo feature `player`, on by default): a GStreamer renderer over the stream
+//!   layer: one meeting clock, one pipeline fed by `appsrc` with exact timestamps; see
+//!   [`player`] for its own layout.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +31,8 @@ pub mod net;
 #[cfg(feature = "player")]
 pub mod player;
 pub mod source;
+#[cfg(feature = "stream")]
+pub mod stream;
 pub mod time;
 
 pub use source::{FileSource, RangeSource, SourceError};

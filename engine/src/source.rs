@@ -23,6 +23,54 @@ pub enum SourceError {
     /// embedder's source that stops early, or a peer that lies).
     #[error("read {start}+{len} returned {got} bytes")]
     ShortRead { start: u64, len: u64, got: u64 },
+    /// The reader gave up on the read ([`Cancel`]) before it completed.
+    #[error("read {start}+{len} cancelled")]
+    Cancelled { start: u64, len: u64 },
+}
+
+/// Lets a reader give up on reads in flight: a stream's track that is dropped or sought away
+/// cancels its read rather than waiting for it (a remote read resets its QUIC streams).
+#[derive(Debug, Default)]
+pub struct Cancel {
+    cancelled: std::sync::atomic::AtomicBool,
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
+}
+
+impl Cancel {
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Cancels every read waiting on this, now and later (until [`Cancel::reset`]).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        for waker in self.wakers.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn reset(&self) {
+        self.cancelled.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Cancel::cancel`] is called: for async readers to race against.
+    pub fn cancelled(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_cancelled() {
+                return std::task::Poll::Ready(());
+            }
+            self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(cx.waker().clone());
+            if self.is_cancelled() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
 }
 
 /// A byte stream of known length that can be read at any offset.
@@ -36,6 +84,15 @@ pub trait RangeSource: Send + Sync {
     /// Exactly `len` bytes starting at `start`; an error if any of them lies past the end.
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError>;
 
+    /// Like [`RangeSource::read_range`], but gives up with [`SourceError::Cancelled`] once
+    /// `cancel` is set. Sources whose reads are quick (files, memory) need not override it.
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        if cancel.is_cancelled() {
+            return Err(SourceError::Cancelled { start, len });
+        }
+        self.read_range(start, len)
+    }
+
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -48,6 +105,9 @@ impl<T: RangeSource + ?Sized> RangeSource for &T {
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         (**self).read_range(start, len)
     }
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        (**self).read_range_cancellable(start, len, cancel)
+    }
 }
 
 impl<T: RangeSource + ?Sized> RangeSource for std::sync::Arc<T> {
@@ -56,6 +116,9 @@ impl<T: RangeSource + ?Sized> RangeSource for std::sync::Arc<T> {
     }
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         (**self).read_range(start, len)
+    }
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        (**self).read_range_cancellable(start, len, cancel)
     }
 }
 
@@ -81,6 +144,14 @@ impl<S: RangeSource> RangeSource for ExactReads<S> {
 
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         let data = self.0.read_range(start, len)?;
+        if data.len() as u64 != len {
+            return Err(SourceError::ShortRead { start, len, got: data.len() as u64 });
+        }
+        Ok(data)
+    }
+
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        let data = self.0.read_range_cancellable(start, len, cancel)?;
         if data.len() as u64 != len {
             return Err(SourceError::ShortRead { start, len, got: data.len() as u64 });
         }
@@ -138,21 +209,44 @@ pub struct ReadCost {
     pub reads: u64,
 }
 
-/// Wraps a source and counts what is read through it: how index opening proves it only touched
-/// box headers and `moov`, or SeekHead and Cues.
-pub struct CountingSource<S> {
-    inner: S,
+/// Reads and bytes counted by one or more [`CountingSource`]s, readable at any time.
+#[derive(Debug, Default)]
+pub struct ReadCounter {
     bytes: AtomicU64,
     reads: AtomicU64,
 }
 
+impl ReadCounter {
+    pub fn cost(&self) -> ReadCost {
+        ReadCost { bytes: self.bytes.load(Ordering::Relaxed), reads: self.reads.load(Ordering::Relaxed) }
+    }
+
+    fn count(&self, bytes: u64) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Wraps a source and counts what is read through it: how index opening proves it only touched
+/// box headers and `moov`, or SeekHead and Cues, and what a stream's track has fetched.
+pub struct CountingSource<S> {
+    inner: S,
+    counter: std::sync::Arc<ReadCounter>,
+}
+
 impl<S> CountingSource<S> {
     pub fn new(inner: S) -> Self {
-        CountingSource { inner, bytes: AtomicU64::new(0), reads: AtomicU64::new(0) }
+        CountingSource { inner, counter: Default::default() }
+    }
+
+    /// Counts into `counter`, which outlives the source (a track's figures across
+    /// subscriptions).
+    pub fn sharing(inner: S, counter: std::sync::Arc<ReadCounter>) -> Self {
+        CountingSource { inner, counter }
     }
 
     pub fn cost(&self) -> ReadCost {
-        ReadCost { bytes: self.bytes.load(Ordering::Relaxed), reads: self.reads.load(Ordering::Relaxed) }
+        self.counter.cost()
     }
 
     pub fn into_inner(self) -> S {
@@ -173,8 +267,13 @@ impl<S: RangeSource> RangeSource for CountingSource<S> {
 
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         let data = self.inner.read_range(start, len)?;
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.counter.count(data.len() as u64);
+        Ok(data)
+    }
+
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        let data = self.inner.read_range_cancellable(start, len, cancel)?;
+        self.counter.count(data.len() as u64);
         Ok(data)
     }
 }

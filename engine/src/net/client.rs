@@ -26,7 +26,7 @@ use super::protocol::{
     CLOSE_UNAUTHORIZED, MAX_RESPONSE_HEADER,
 };
 use super::server::endpoint_builder;
-use crate::source::{check_range, RangeSource, SourceError};
+use crate::source::{check_range, Cancel, RangeSource, SourceError};
 
 /// Most requests one [`RemoteTrack`] read keeps in flight at once; a large read is fetched in
 /// window-sized parts, this many at a time.
@@ -550,6 +550,36 @@ impl RangeSource for RemoteTrack {
             Ok(Ok(data)) => Ok(data),
             Ok(Err(e)) => Err(SourceError::Remote { start, len, message: e.to_string() }),
             Err(e) => Err(SourceError::Remote { start, len, message: format!("request task failed: {e}") }),
+        }
+    }
+
+    /// Cancelling aborts the request task: its QUIC streams are dropped, which stops the
+    /// server's sending (STOP_SENDING) instead of waiting for the bytes.
+    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+        check_range(start, len, self.size)?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        if cancel.is_cancelled() {
+            return Err(SourceError::Cancelled { start, len });
+        }
+        let this = self.clone();
+        let task = self.client.inner.runtime.spawn(async move { this.read(start, len).await });
+        let abort = task.abort_handle();
+        let cancelled = std::pin::pin!(cancel.cancelled());
+        let outcome = futures::executor::block_on(futures::future::select(task, cancelled));
+        match outcome {
+            futures::future::Either::Left((Ok(Ok(data)), _)) => Ok(data),
+            futures::future::Either::Left((Ok(Err(e)), _)) => {
+                Err(SourceError::Remote { start, len, message: e.to_string() })
+            }
+            futures::future::Either::Left((Err(e), _)) => {
+                Err(SourceError::Remote { start, len, message: format!("request task failed: {e}") })
+            }
+            futures::future::Either::Right(_) => {
+                abort.abort();
+                Err(SourceError::Cancelled { start, len })
+            }
         }
     }
 }

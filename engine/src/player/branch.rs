@@ -21,10 +21,10 @@ use gstreamer_video as gst_video;
 use super::elements::{make, make_any};
 use super::feeder::{clock_time, media_time, Gate};
 use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
-use super::timeline::Timeline;
 use super::PlayerError;
 use crate::index::{Codec, TrackInfo};
 use crate::manifest::TrackKind;
+use crate::stream::Timeline;
 use crate::time::MediaTime;
 
 /// Consecutive frames a video decoder may fail on before the track fails.

@@ -63,7 +63,6 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 
 mod audio;
-mod block_cache;
 mod branch;
 mod clock;
 mod elements;
@@ -72,25 +71,24 @@ mod export;
 mod feeder;
 mod fetcher;
 mod grid;
-mod meeting;
 mod output;
 mod seek;
-mod timeline;
 mod window;
 
+pub use crate::stream::{Meeting, TrackDesc};
+pub use crate::stream::{Place, Span, Timeline};
 pub use events::PlayerEvent;
 pub use export::{compose_grid, export_mp4, ExportLayout, ExportOptions, ExportProgress, RgbImage};
 pub use fetcher::TrackStats;
-pub use meeting::{Meeting, TrackDesc};
 pub use output::{AudioCallback, AudioChunk, Output, VideoCallback, VideoFrame};
 pub use seek::SeekMode;
-pub use timeline::{Place, Span, Timeline};
 
+use crate::stream::RequestSizer;
 use branch::Branch;
 use clock::Cue;
 use events::EventSink;
 use feeder::{clock_time, Gate};
-use fetcher::{Fetcher, Position, RequestSizer, StartMode, StatsSource};
+use fetcher::{Fetcher, Position, StartMode, StatsSource};
 use output::SinkContext;
 use seek::SeekTracker;
 
@@ -126,6 +124,20 @@ pub enum PlayerError {
 impl From<ManifestError> for PlayerError {
     fn from(e: ManifestError) -> Self {
         PlayerError::Manifest(Arc::new(e))
+    }
+}
+
+impl From<crate::stream::StreamError> for PlayerError {
+    fn from(e: crate::stream::StreamError) -> Self {
+        use crate::stream::StreamError;
+        match e {
+            StreamError::Manifest(e) => PlayerError::Manifest(e),
+            StreamError::Index(e) => PlayerError::Index(e),
+            #[cfg(feature = "net")]
+            StreamError::Net(e) => PlayerError::Net(e),
+            StreamError::Open { track, message } => PlayerError::Open { track, message },
+            StreamError::UnknownTrack(track) => PlayerError::UnknownTrack(track),
+        }
     }
 }
 
@@ -613,7 +625,7 @@ impl Inner {
         let stats = lock(&self.stats).entry(desc.name.clone()).or_default().clone();
         let raw = self.meeting.open_source(&desc)?;
         let counted: Arc<dyn RangeSource> = Arc::new(StatsSource { inner: raw, stats: stats.clone() });
-        let source: Arc<dyn RangeSource> = Arc::new(block_cache::BlockCache::new(counted.clone()));
+        let source: Arc<dyn RangeSource> = Arc::new(crate::stream::BlockCache::new(counted.clone()));
         let index = Arc::new(TrackIndex::open(name, source.as_ref())?);
         if desc.kind == TrackKind::Captions {
             let cues = load_cues(&index, source.as_ref(), &desc)?;

@@ -1,13 +1,13 @@
 //! A meeting to play: its tracks (kind, role, participant, spans) and where their bytes come
 //! from. A local folder and a stream on a peer give the same [`Meeting`]; everything after
-//! opening reads through [`RangeSource`]s, so the player cannot tell them apart.
+//! opening reads through [`RangeSource`]s, so the stream cannot tell them apart.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::timeline::{Span, Timeline};
-use super::PlayerError;
+use super::StreamError;
 use crate::manifest::{GapPolicy, Manifest, TrackKind};
 use crate::source::{FileSource, RangeSource};
 use crate::time::MediaTime;
@@ -25,7 +25,7 @@ pub struct TrackDesc {
     pub gap_policy: GapPolicy,
 }
 
-type Opener = dyn Fn(&TrackDesc) -> Result<Arc<dyn RangeSource>, PlayerError> + Send + Sync;
+type Opener = dyn Fn(&TrackDesc) -> Result<Arc<dyn RangeSource>, StreamError> + Send + Sync;
 type Wrapper = dyn Fn(&TrackDesc, Arc<dyn RangeSource>) -> Arc<dyn RangeSource> + Send + Sync;
 
 /// A meeting's tracks and a way to read each one.
@@ -50,7 +50,7 @@ impl fmt::Debug for Meeting {
 
 impl Meeting {
     /// A meeting folder: `meeting.json` and the files it names.
-    pub fn from_folder(folder: impl AsRef<Path>) -> Result<Meeting, PlayerError> {
+    pub fn from_folder(folder: impl AsRef<Path>) -> Result<Meeting, StreamError> {
         let folder: PathBuf = folder.as_ref().to_path_buf();
         let manifest = Manifest::load(&folder)?;
         let files: Vec<(Arc<str>, PathBuf)> =
@@ -67,13 +67,13 @@ impl Meeting {
                 gap_policy: t.gap_policy.unwrap_or_default(),
             })
             .collect();
-        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, PlayerError> {
+        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, StreamError> {
             let path = files
                 .iter()
                 .find(|(name, _)| *name == desc.name)
                 .map(|(_, path)| path)
-                .ok_or_else(|| PlayerError::UnknownTrack(desc.name.to_string()))?;
-            let file = FileSource::open(path).map_err(|e| PlayerError::Open {
+                .ok_or_else(|| StreamError::UnknownTrack(desc.name.to_string()))?;
+            let file = FileSource::open(path).map_err(|e| StreamError::Open {
                 track: desc.name.to_string(),
                 message: format!("{}: {e}", path.display()),
             })?;
@@ -94,7 +94,7 @@ impl Meeting {
         client: crate::net::Client,
         peer: crate::net::PeerAddr,
         info: crate::net::StreamInfo,
-    ) -> Result<Meeting, PlayerError> {
+    ) -> Result<Meeting, StreamError> {
         let mut tracks = Vec::with_capacity(info.tracks.len());
         for t in &info.tracks {
             let kind = match t.kind.as_str() {
@@ -102,7 +102,7 @@ impl Meeting {
                 "audio" => TrackKind::Audio,
                 "captions" => TrackKind::Captions,
                 other => {
-                    return Err(PlayerError::Open {
+                    return Err(StreamError::Open {
                         track: t.name.clone(),
                         message: format!("the peer says its kind is {other:?}"),
                     })
@@ -134,9 +134,9 @@ impl Meeting {
         }
         let duration = info.duration_ms.map(|ms| MediaTime::from_millis(ms as i64));
         let name = info.name.clone();
-        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, PlayerError> {
+        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, StreamError> {
             let track = crate::net::RemoteTrack::new(client.clone(), peer.clone(), &info, &desc.name)
-                .map_err(|e| PlayerError::Open { track: desc.name.to_string(), message: e.to_string() })?;
+                .map_err(|e| StreamError::Open { track: desc.name.to_string(), message: e.to_string() })?;
             Ok(Arc::new(track))
         };
         Ok(Meeting { name, duration, tracks, opener: Arc::new(opener), wrapper: None })
@@ -148,7 +148,7 @@ impl Meeting {
         client: &crate::net::Client,
         peer: &crate::net::PeerAddr,
         stream: &str,
-    ) -> Result<Meeting, PlayerError> {
+    ) -> Result<Meeting, StreamError> {
         let info = client.get(peer, stream).await?;
         Meeting::from_peer_stream(client.clone(), peer.clone(), info)
     }
@@ -183,7 +183,7 @@ impl Meeting {
     }
 
     /// Opens the byte source of one track.
-    pub(crate) fn open_source(&self, desc: &TrackDesc) -> Result<Arc<dyn RangeSource>, PlayerError> {
+    pub(crate) fn open_source(&self, desc: &TrackDesc) -> Result<Arc<dyn RangeSource>, StreamError> {
         let source = (self.opener)(desc)?;
         Ok(match &self.wrapper {
             Some(wrap) => wrap(desc, source),

@@ -1,0 +1,821 @@
+//! The fetch worker: one thread per subscribed track that turns the cursor into byte-range
+//! reads and packets.
+//!
+//! For a start (a seek, a subscription) it asks the index for the keyframe at or before the
+//! target, fetches the range that shows the target first (what the first frame needs), then
+//! walks samples in decode order, coalescing them into one read per request. It reads only
+//! while the media handed out ahead of the cursor is below the buffer target, in time and in
+//! bytes, sizes its requests from measured throughput and round-trip time
+//! ([`RequestSizer`]), and hands out packets (zero-copy `Bytes` slices of the fetched range)
+//! through the subscription's bounded channel: a consumer that stops taking them stops the
+//! reads. Every item carries its start's ticket. Outside its spans a track sends gaps (and
+//! the end after its last span). A caption track sends its cues; a track without an index
+//! its bytes in order.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
+use futures::task::AtomicWaker;
+
+use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
+use super::meeting::TrackDesc;
+use super::timeline::{Place, Span};
+use super::Shared;
+use crate::index::{Codec, ReadPos, Sample, TrackIndex};
+use crate::manifest::TrackKind;
+use crate::source::{Cancel, RangeSource, ReadCost, ReadCounter, SourceError};
+use crate::time::MediaTime;
+
+/// How often the worker wakes to re-check its buffer and commands while it waits.
+const POLL: Duration = Duration::from_millis(20);
+/// Samples asked of the index at once.
+const INDEX_BATCH: usize = 128;
+/// Samples looked ahead (decode order) to find the next presentation time: covers B-frame
+/// reordering.
+const REORDER_LOOKAHEAD: usize = 16;
+/// Opus decoders need this much audio before a seek point to converge (RFC 7845 section 4.6).
+const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
+/// Frames a reordering decoder may hold back: not yet playable when handed out.
+const REORDER_HELD: i64 = 3;
+/// Bytes per chunk of a track without an index.
+const CHUNK: u64 = 256 * 1024;
+
+/// What a worker is told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Start {
+    pub(crate) ticket: SeekTicket,
+    /// Meeting time to start at.
+    pub(crate) target: MediaTime,
+    pub(crate) mode: StartMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartMode {
+    /// From the keyframe at or before the target, every sample.
+    Accurate,
+    /// Only the keyframe at or before the target (a preview), then nothing.
+    Keyframe,
+}
+
+/// A track's fetch and buffer figures, readable at any time; they outlive subscriptions.
+#[derive(Debug)]
+pub struct TrackFigures {
+    /// What the track's reads cost (index reads included).
+    pub(crate) reads: Arc<ReadCounter>,
+    /// Meeting time (ns) up to which media was handed out, less what a reordering decoder
+    /// holds back; `i64::MAX` once the track has nothing more to send.
+    buffered_until: AtomicI64,
+    /// Bytes handed out ahead of the cursor.
+    buffered_bytes: AtomicU64,
+    /// Recent fetch throughput (bytes per second, as f64 bits) and round trip (ns).
+    throughput: AtomicU64,
+    rtt: AtomicU64,
+}
+
+impl Default for TrackFigures {
+    fn default() -> Self {
+        TrackFigures {
+            reads: Arc::default(),
+            buffered_until: AtomicI64::new(0),
+            buffered_bytes: AtomicU64::new(0),
+            throughput: AtomicU64::new(0),
+            rtt: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TrackFigures {
+    /// Bytes and reads fetched from the track's source so far.
+    pub fn fetched(&self) -> ReadCost {
+        self.reads.cost()
+    }
+    /// Meeting time up to which media is buffered (handed out); `MediaTime::MAX` when the
+    /// track has nothing more to send.
+    pub fn buffered_until(&self) -> MediaTime {
+        MediaTime::from_nanos(self.buffered_until.load(Ordering::Relaxed))
+    }
+    /// Bytes handed out ahead of the cursor.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.buffered_bytes.load(Ordering::Relaxed)
+    }
+    /// Recent fetch throughput, bytes per second.
+    pub fn throughput(&self) -> f64 {
+        f64::from_bits(self.throughput.load(Ordering::Relaxed))
+    }
+    /// Recent request round-trip time.
+    pub fn rtt(&self) -> Duration {
+        Duration::from_nanos(self.rtt.load(Ordering::Relaxed))
+    }
+    fn set_buffered_until(&self, t: MediaTime) {
+        self.buffered_until.store(t.as_nanos(), Ordering::Relaxed);
+    }
+}
+
+/// Sizes requests from what the link has shown: big enough that round trips do not dominate
+/// (a quarter second of transfer, or four round trips' worth), within 64 KiB to 4 MiB.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestSizer {
+    /// Smoothed bytes per second, round trip included.
+    throughput: f64,
+    /// Smallest recent request latency: the round trip.
+    rtt: Duration,
+    samples: u32,
+}
+
+impl RequestSizer {
+    pub(crate) const MIN: u64 = 64 * 1024;
+    pub(crate) const MAX: u64 = 4 * 1024 * 1024;
+
+    pub(crate) fn new() -> RequestSizer {
+        RequestSizer { throughput: 0.0, rtt: Duration::ZERO, samples: 0 }
+    }
+
+    pub(crate) fn record(&mut self, bytes: u64, elapsed: Duration) {
+        if self.samples == 0 || elapsed < self.rtt {
+            self.rtt = elapsed;
+        } else {
+            // Let the floor drift up slowly so a route change is noticed.
+            self.rtt += (elapsed - self.rtt) / 64;
+        }
+        // Whole-request rate: conservative on far links, where the round trip is part of what
+        // a bigger request amortises.
+        let rate = bytes as f64 / elapsed.max(Duration::from_micros(50)).as_secs_f64();
+        self.throughput = if self.samples == 0 { rate } else { self.throughput * 0.7 + rate * 0.3 };
+        self.samples = self.samples.saturating_add(1);
+    }
+
+    pub(crate) fn request_bytes(&self) -> u64 {
+        if self.samples == 0 {
+            return Self::MIN * 4;
+        }
+        let span = (self.rtt * 4).max(Duration::from_millis(250));
+        let bytes = self.throughput * span.as_secs_f64();
+        (bytes as u64).clamp(Self::MIN, Self::MAX)
+    }
+
+    pub(crate) fn throughput(&self) -> f64 {
+        self.throughput
+    }
+
+    pub(crate) fn rtt(&self) -> Duration {
+        self.rtt
+    }
+}
+
+/// A fetched range served from memory; anything outside it goes to the track's source (an
+/// Ogg packet that continues past the range, say).
+struct Chunk<'a> {
+    base: &'a dyn RangeSource,
+    start: u64,
+    data: Bytes,
+}
+
+impl RangeSource for Chunk<'_> {
+    fn len(&self) -> u64 {
+        self.base.len()
+    }
+    fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+        let end = self.start + self.data.len() as u64;
+        match start.checked_add(len) {
+            Some(stop) if start >= self.start && stop <= end => {
+                let from = (start - self.start) as usize;
+                Ok(self.data.slice(from..from + len as usize))
+            }
+            _ => self.base.read_range(start, len),
+        }
+    }
+}
+
+/// Why a start's run stopped early.
+enum Flow {
+    /// A newer start arrived.
+    Command(Start),
+    /// The subscription ended.
+    Stop,
+    /// The track cannot go on (damaged file, lost peer).
+    Failed(String),
+}
+
+/// Everything one worker thread owns.
+pub(crate) struct Fetcher {
+    pub(crate) desc: TrackDesc,
+    /// `None` for a track without an index: it streams as chunks.
+    pub(crate) index: Option<Arc<TrackIndex>>,
+    /// Where the index reads (cached: index walks re-read overlapping windows).
+    pub(crate) source: Arc<dyn RangeSource>,
+    /// Where media data is read, once.
+    pub(crate) data_source: Arc<dyn RangeSource>,
+    /// Media handed out ahead of the cursor before the worker waits.
+    pub(crate) buffer_target: MediaTime,
+    pub(crate) buffer_bytes: u64,
+    pub(crate) out: Sender<TrackItem>,
+    /// Wakes an async consumer after each item.
+    pub(crate) waker: Arc<AtomicWaker>,
+    pub(crate) commands: Receiver<Start>,
+    pub(crate) figures: Arc<TrackFigures>,
+    /// The stream, for its cursor; gone when the stream is.
+    pub(crate) shared: Weak<Shared>,
+    /// Set when the subscription is dropped or a newer start arrives: the read in flight
+    /// gives up.
+    pub(crate) cancel: Arc<Cancel>,
+    /// Cleared when the subscription is dropped.
+    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) sizer: RequestSizer,
+}
+
+/// State of one start's walk.
+struct Run {
+    ticket: SeekTicket,
+    target: MediaTime,
+    /// End (meeting time) of what was handed out so far.
+    sent_until: MediaTime,
+    /// (end, bytes) of packets handed out, for the bytes ahead of the cursor.
+    in_flight: VecDeque<(MediaTime, u64)>,
+    discont: bool,
+    last_duration: MediaTime,
+    /// End (media time) of the last sample seen in the current span.
+    media_end: MediaTime,
+    /// Presentation times of the samples just sent: with B-frames, the next presentation
+    /// time may belong to a sample decoded earlier.
+    recent_pts: VecDeque<MediaTime>,
+    /// The cursor has been seen near the target: it reflects this start.
+    cursor_seen: bool,
+    /// Damaged bytes were met in this span: delta frames are dropped until the next keyframe.
+    skipping: bool,
+    /// The file ends inside a sample of this span (a cut recording): nothing more comes.
+    truncated: bool,
+}
+
+impl Fetcher {
+    pub(crate) fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        let name = format!("fetch-{}", self.desc.name);
+        std::thread::Builder::new().name(name).spawn(move || self.main_loop())
+    }
+
+    fn main_loop(mut self) {
+        let mut next: Option<Start> = None;
+        loop {
+            let mut start = match next.take() {
+                Some(s) => s,
+                None => match self.wait_command() {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            // Only the newest of several queued starts matters.
+            while let Ok(newer) = self.commands.try_recv() {
+                start = newer;
+            }
+            self.cancel.reset();
+            match self.run(start) {
+                Ok(()) => {}
+                Err(Flow::Command(s)) => next = Some(s),
+                Err(Flow::Stop) => return,
+                Err(Flow::Failed(message)) => match self.commands.try_recv() {
+                    // A read cut short because the track was left (the runtime behind a
+                    // peer gone) is no failure.
+                    _ if !self.alive.load(Ordering::Relaxed) => return,
+                    Err(TryRecvError::Disconnected) => return,
+                    // A newer start reads again anyway: it reports if that fails too.
+                    Ok(newer) => next = Some(newer),
+                    Err(TryRecvError::Empty) => self.fail(start.ticket, message),
+                },
+            }
+        }
+    }
+
+    /// Waits for a start; `None` once the subscription is gone.
+    fn wait_command(&self) -> Option<Start> {
+        loop {
+            if !self.alive.load(Ordering::Relaxed) {
+                return None;
+            }
+            match self.commands.recv_timeout(POLL * 5) {
+                Ok(s) => return Some(s),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Reports the track failed, so no consumer waits for it; a later start retries.
+    fn fail(&mut self, ticket: SeekTicket, message: String) {
+        tracing::warn!(track = %self.desc.name, %message, "track failed");
+        self.figures.set_buffered_until(MediaTime::MAX);
+        let item = TrackItem { ticket, item: Item::Failed { message } };
+        if self.out.send_timeout(item, Duration::from_secs(1)).is_ok() {
+            self.waker.wake();
+        }
+    }
+
+    fn run(&mut self, start: Start) -> Result<(), Flow> {
+        let mut run = Run {
+            ticket: start.ticket,
+            target: start.target,
+            sent_until: start.target,
+            in_flight: VecDeque::new(),
+            discont: true,
+            last_duration: MediaTime::from_millis(20),
+            media_end: MediaTime::ZERO,
+            recent_pts: VecDeque::with_capacity(REORDER_LOOKAHEAD),
+            cursor_seen: false,
+            skipping: false,
+            truncated: false,
+        };
+        self.figures.set_buffered_until(start.target);
+        self.figures.buffered_bytes.store(0, Ordering::Relaxed);
+        let Some(index) = self.index.clone() else { return self.chunks(&mut run) };
+        if self.desc.kind == TrackKind::Captions {
+            return self.cues(&mut run, &index);
+        }
+        let mut t = start.target;
+        loop {
+            let (span_index, span) = match self.desc.timeline.place(t) {
+                Place::Done => return self.finish(&mut run),
+                Place::Idle { next } => {
+                    let Some(span) = self.desc.timeline.span(next).copied() else {
+                        return self.finish(&mut run);
+                    };
+                    self.gap(&mut run, t, span.start)?;
+                    t = span.start;
+                    continue;
+                }
+                Place::Active { span, .. } => match self.desc.timeline.span(span).copied() {
+                    Some(s) => (span, s),
+                    None => return self.finish(&mut run),
+                },
+            };
+            if start.mode == StartMode::Keyframe {
+                return self.keyframe(&mut run, &index, span_index, &span, span.to_media(t));
+            }
+            let ran_out = self.play_span(&mut run, &index, span_index, &span, span.to_media(t))?;
+            match span.end {
+                // The media ended before the span did: nothing to show until the span ends.
+                Some(end) => {
+                    if ran_out < end {
+                        self.gap(&mut run, ran_out.max(t), end)?;
+                    }
+                    t = end.max(t.saturating_add(MediaTime::from_nanos(1)));
+                }
+                None => return self.finish(&mut run),
+            }
+        }
+    }
+
+    /// The track has nothing more: the end, and an infinite buffer for whoever watches.
+    fn finish(&mut self, run: &mut Run) -> Result<(), Flow> {
+        self.send(run, Item::End)?;
+        self.figures.set_buffered_until(MediaTime::MAX);
+        Ok(())
+    }
+
+    /// Nothing to show from `from` to `until`: gaps no longer than a second each, sent as the
+    /// cursor gets near, so a consumer never waits far ahead and a seek never waits behind one.
+    fn gap(&mut self, run: &mut Run, from: MediaTime, until: MediaTime) -> Result<(), Flow> {
+        let mut at = from;
+        while at < until {
+            self.wait_for_room(run)?;
+            let step = until.saturating_sub(at).min(MediaTime::from_secs(1));
+            self.send(run, Item::Gap { start: at, duration: step })?;
+            at = at.saturating_add(step);
+            self.advance(run, at, 0);
+        }
+        run.discont = true;
+        Ok(())
+    }
+
+    /// A preview: the keyframe at or before the target, alone; other tracks have nothing to
+    /// preview and say so with a short gap.
+    fn keyframe(
+        &mut self,
+        run: &mut Run,
+        index: &TrackIndex,
+        span_index: usize,
+        span: &Span,
+        media: MediaTime,
+    ) -> Result<(), Flow> {
+        if self.desc.kind != TrackKind::Video {
+            let gap = Item::Gap { start: run.target, duration: MediaTime::from_millis(40) };
+            return self.send(run, gap);
+        }
+        let failed = |e: crate::index::IndexError| Flow::Failed(e.to_string());
+        let source = self.source.clone();
+        let src = source.as_ref();
+        let keyframe = index.seek(src, media).map_err(failed)?;
+        let batch = index.samples(src, keyframe.pos, 1).map_err(failed)?;
+        let Some(sample) = batch.samples.first() else { return Ok(()) };
+        let data = index.sample_data(src, sample).map_err(failed)?;
+        let packet = Packet {
+            pts: span.to_meeting(sample.pts),
+            dts: Some(span.to_meeting(sample.dts)),
+            duration: sample.duration,
+            data,
+            keyframe: true,
+            decode_only: false,
+            discont: true,
+            span: span_index,
+        };
+        self.send(run, Item::Packet(packet))
+    }
+
+    /// Every cue of a caption track that ends after the target, in order, then the end.
+    fn cues(&mut self, run: &mut Run, index: &TrackIndex) -> Result<(), Flow> {
+        let failed = |e: crate::index::IndexError| Flow::Failed(e.to_string());
+        let source = self.source.clone();
+        let src = source.as_ref();
+        let mut cues = Vec::new();
+        let mut pos = Some(index.keyframes(src).map_err(failed)?.first().map(|k| k.pos).unwrap_or_default());
+        while let Some(at) = pos {
+            let batch = index.samples(src, at, 1024).map_err(failed)?;
+            if batch.samples.is_empty() {
+                break;
+            }
+            for sample in &batch.samples {
+                let data = index.sample_data(src, sample).map_err(failed)?;
+                let text = String::from_utf8_lossy(&data);
+                // The block's text is what follows its timing line.
+                let body: Vec<&str> = text.lines().skip_while(|l| !l.contains("-->")).skip(1).collect();
+                let text = body.join("\n").trim().to_string();
+                for span in self.desc.timeline.spans() {
+                    let start = span.to_meeting(sample.pts).max(span.start);
+                    let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
+                    let end = span.end.map_or(end, |e| end.min(e));
+                    if start < end && end > run.target {
+                        cues.push(Cue { start, end, text: text.clone() });
+                    }
+                }
+            }
+            pos = batch.next;
+        }
+        cues.sort_by_key(|c| c.start);
+        for cue in cues {
+            self.send(run, Item::Cue(cue))?;
+        }
+        self.finish(run)
+    }
+
+    /// A track without an index: its bytes in order from the start, as the consumer takes
+    /// them (the channel bounds how far ahead).
+    fn chunks(&mut self, run: &mut Run) -> Result<(), Flow> {
+        let len = self.data_source.len();
+        let mut offset = 0;
+        while offset < len {
+            self.poll_commands()?;
+            let size = CHUNK.min(len - offset);
+            let data = self.read(offset, size)?;
+            self.send(run, Item::Chunk { offset, data })?;
+            offset += size;
+        }
+        self.finish(run)
+    }
+
+    /// Reads a range of media data, giving up when the subscription ends or a new start comes.
+    fn read(&mut self, start: u64, len: u64) -> Result<Bytes, Flow> {
+        loop {
+            let started = Instant::now();
+            match self.data_source.read_range_cancellable(start, len, &self.cancel) {
+                Ok(data) => {
+                    self.sizer.record(data.len() as u64, started.elapsed());
+                    self.figures.throughput.store(self.sizer.throughput().to_bits(), Ordering::Relaxed);
+                    self.figures.rtt.store(self.sizer.rtt().as_nanos() as u64, Ordering::Relaxed);
+                    return Ok(data);
+                }
+                Err(SourceError::Cancelled { .. }) => {
+                    self.poll_commands()?;
+                    // The cancel belonged to the start this run already took up (it lands
+                    // just after its command): read again.
+                    self.cancel.reset();
+                }
+                Err(e) => return Err(Flow::Failed(format!("reading bytes {start}..{}: {e}", start + len))),
+            }
+        }
+    }
+
+    /// Plays `span` from media time `media` until the span ends or the media runs out;
+    /// returns the meeting time where what was sent ends.
+    fn play_span(
+        &mut self,
+        run: &mut Run,
+        index: &TrackIndex,
+        span_index: usize,
+        span: &Span,
+        media: MediaTime,
+    ) -> Result<MediaTime, Flow> {
+        let failed = |e: crate::index::IndexError| Flow::Failed(e.to_string());
+        let source = self.source.clone();
+        let src: &dyn RangeSource = source.as_ref();
+        let preroll = if index.info().codec == Codec::Opus { OPUS_PREROLL } else { MediaTime::ZERO };
+        let keyframe = index.seek(src, media.saturating_sub(preroll).max(MediaTime::ZERO)).map_err(failed)?;
+        let end_media = span.end.map(|e| span.to_media(e));
+        // Media before this is decoded but not shown: before the target or the span's start.
+        let show_from = span.to_media(run.target.max(span.start));
+        let past_end = |s: &Sample| end_media.is_some_and(|end| s.dts >= end && s.pts >= end);
+        let mut pending: VecDeque<Sample> = VecDeque::new();
+        let mut next_pos: Option<ReadPos> = Some(keyframe.pos);
+        let mut first = true;
+        run.skipping = false;
+        run.truncated = false;
+        run.media_end = media;
+        loop {
+            // Keep enough samples indexed to find presentation order and fill a request.
+            while pending.len() < INDEX_BATCH / 2 {
+                let Some(pos) = next_pos else { break };
+                let batch = index.samples(src, pos, INDEX_BATCH).map_err(failed)?;
+                if batch.samples.is_empty() {
+                    next_pos = None;
+                    break;
+                }
+                for sample in batch.samples {
+                    if let Some(sample) = self.admit(run, span, sample)? {
+                        pending.push_back(sample);
+                    }
+                }
+                next_pos = batch.next;
+            }
+            let Some(head) = pending.front().copied() else {
+                // The samples ran out: fine at the end of the media, or after damage already
+                // reported; damage anywhere else.
+                if let (Some(duration), false) = (index.info().duration, run.skipping || run.truncated) {
+                    if run.media_end.saturating_add(MediaTime::from_secs(1)) < duration
+                        && end_media.is_none_or(|end| run.media_end < end)
+                    {
+                        return Err(Flow::Failed(format!(
+                            "the samples end at {} but the track lasts {duration}: the file is damaged",
+                            run.media_end
+                        )));
+                    }
+                }
+                return Ok(span.to_meeting(run.media_end));
+            };
+            if past_end(&head) {
+                return Ok(span.end.unwrap_or(span.to_meeting(run.media_end)));
+            }
+            if first {
+                self.poll_commands()?;
+            } else {
+                self.wait_for_room(run)?;
+            }
+            // The first request covers what the target needs; later ones what the buffer
+            // target needs, within the request size.
+            let horizon = if first {
+                media
+            } else {
+                span.to_media(self.cursor(&mut *run).saturating_add(self.buffer_target))
+            };
+            let budget = self.sizer.request_bytes();
+            let mut count = 0;
+            let mut range_end = head.end();
+            for s in pending.iter() {
+                if count > 0
+                    && (s.offset < head.offset
+                        || s.end().saturating_sub(head.offset) > budget
+                        || (s.dts > horizon && s.pts > horizon)
+                        || past_end(s))
+                {
+                    break;
+                }
+                range_end = range_end.max(s.end());
+                count += 1;
+            }
+            let data = self.read(head.offset, range_end - head.offset)?;
+            let chunk = Chunk { base: src, start: head.offset, data };
+            first = false;
+            for i in 0..count {
+                let sample = pending[i];
+                let around = run
+                    .recent_pts
+                    .iter()
+                    .copied()
+                    .chain(pending.iter().skip(i + 1).take(REORDER_LOOKAHEAD).map(|s| s.pts));
+                let duration = presentation_duration(&sample, around).unwrap_or(run.last_duration);
+                if run.recent_pts.len() == REORDER_LOOKAHEAD {
+                    run.recent_pts.pop_front();
+                }
+                run.recent_pts.push_back(sample.pts);
+                run.last_duration = duration;
+                let data = index.sample_data(&chunk, &sample).map_err(failed)?;
+                let hidden = sample.pts.saturating_add(duration) <= show_from
+                    || end_media.is_some_and(|end| sample.pts >= end);
+                run.media_end = run.media_end.max(sample.pts.saturating_add(duration));
+                let packet = Packet {
+                    pts: span.to_meeting(sample.pts),
+                    dts: (sample.dts != sample.pts).then(|| span.to_meeting(sample.dts)),
+                    duration,
+                    data,
+                    keyframe: sample.keyframe,
+                    decode_only: hidden,
+                    discont: std::mem::take(&mut run.discont) || sample.follows_damage,
+                    span: span_index,
+                };
+                let (end, size) = (packet.end(), packet.data.len() as u64);
+                self.send(run, Item::Packet(packet))?;
+                self.advance(run, end, size);
+            }
+            pending.drain(..count);
+        }
+    }
+
+    /// Whether a sample the index listed is sent. After bytes the index skipped (damage) a
+    /// video track's delta frames have lost their references: they are dropped up to the next
+    /// keyframe, so the picture holds the last good frame, and the damage is reported. A long
+    /// pause between frames is not damage. A sample the file ends inside ends the span.
+    fn admit(&mut self, run: &mut Run, span: &Span, mut sample: Sample) -> Result<Option<Sample>, Flow> {
+        if run.truncated {
+            return Ok(None);
+        }
+        let is_video = self.desc.kind == TrackKind::Video;
+        let len = self.data_source.len();
+        if sample.end() > len {
+            run.truncated = true;
+            let what = format!("the file ends at byte {len}, inside this sample: the track ends here");
+            self.report_damage(run, span.to_meeting(sample.pts), sample.offset, what)?;
+            return Ok(None);
+        }
+        if sample.follows_damage {
+            let skip = is_video && !sample.keyframe;
+            let what = if skip {
+                "bytes before this frame are damaged or missing: frames up to the next keyframe are skipped"
+            } else {
+                "bytes before this sample are damaged or missing"
+            };
+            self.report_damage(run, span.to_meeting(sample.pts), sample.offset, what.to_string())?;
+            run.skipping |= skip;
+        }
+        if sample.keyframe {
+            // The first frame after a skip starts the decoder afresh.
+            sample.follows_damage |= std::mem::take(&mut run.skipping);
+            return Ok(Some(sample));
+        }
+        Ok((!run.skipping).then_some(sample))
+    }
+
+    fn report_damage(&self, run: &Run, at: MediaTime, offset: u64, what: String) -> Result<(), Flow> {
+        let message = format!("t {at} (byte {offset}): {what}");
+        tracing::warn!(track = %self.desc.name, %message, "damaged media");
+        self.send(run, Item::Damaged { at, offset, message })
+    }
+
+    /// Records that media up to `end` was handed out.
+    fn advance(&mut self, run: &mut Run, end: MediaTime, bytes: u64) {
+        if end > run.sent_until {
+            run.sent_until = end;
+            // A reordering decoder (B-frames) outputs a frame only once later ones arrived:
+            // the last few frames handed out are not playable yet.
+            let reorders =
+                self.index.as_ref().is_some_and(|i| matches!(i.info().codec, Codec::H264 | Codec::H265));
+            let held = if bytes > 0 && reorders {
+                MediaTime::from_nanos(run.last_duration.as_nanos().saturating_mul(REORDER_HELD))
+            } else {
+                MediaTime::ZERO
+            };
+            self.figures.set_buffered_until(end.saturating_sub(held));
+        }
+        if bytes > 0 {
+            run.in_flight.push_back((end, bytes));
+        }
+    }
+
+    /// Where the cursor is for this start: the stream's, but a consumer's clock only once it
+    /// has been seen near the target (right after a seek it may still report where it was);
+    /// the target until then.
+    fn cursor(&self, run: &mut Run) -> MediaTime {
+        let Some(shared) = self.shared.upgrade() else { return run.target };
+        let Some(position) = shared.cursor() else { return run.target };
+        if !shared.cursor_may_lag() {
+            return position.max(run.target);
+        }
+        if !run.cursor_seen {
+            let slack = MediaTime::from_secs(1);
+            run.cursor_seen =
+                position >= run.target.saturating_sub(slack) && position <= run.target.saturating_add(slack);
+        }
+        if run.cursor_seen {
+            position.max(run.target)
+        } else {
+            run.target
+        }
+    }
+
+    /// Waits while the media handed out ahead of the cursor reaches the buffer target, in
+    /// time or in bytes.
+    fn wait_for_room(&mut self, run: &mut Run) -> Result<(), Flow> {
+        loop {
+            let cursor = self.cursor(run);
+            while run.in_flight.front().is_some_and(|(end, _)| *end <= cursor) {
+                run.in_flight.pop_front();
+            }
+            let bytes: u64 = run.in_flight.iter().map(|(_, b)| b).sum();
+            self.figures.buffered_bytes.store(bytes, Ordering::Relaxed);
+            if run.sent_until.saturating_sub(cursor) < self.buffer_target && bytes < self.buffer_bytes {
+                return Ok(());
+            }
+            if !self.alive.load(Ordering::Relaxed) {
+                return Err(Flow::Stop);
+            }
+            match self.commands.recv_timeout(POLL) {
+                Ok(start) => return Err(Flow::Command(start)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Flow::Stop),
+            }
+        }
+    }
+
+    fn poll_commands(&self) -> Result<(), Flow> {
+        if !self.alive.load(Ordering::Relaxed) {
+            return Err(Flow::Stop);
+        }
+        match self.commands.try_recv() {
+            Ok(start) => Err(Flow::Command(start)),
+            Err(TryRecvError::Empty) => Ok(()),
+            Err(TryRecvError::Disconnected) => Err(Flow::Stop),
+        }
+    }
+
+    /// Hands an item out, waiting while the channel is full but giving way to a new start or
+    /// the end of the subscription.
+    fn send(&self, run: &Run, item: Item) -> Result<(), Flow> {
+        let mut tagged = TrackItem { ticket: run.ticket, item };
+        loop {
+            match self.out.send_timeout(tagged, POLL) {
+                Ok(()) => {
+                    self.waker.wake();
+                    return Ok(());
+                }
+                Err(SendTimeoutError::Timeout(back)) => {
+                    tagged = back;
+                    self.poll_commands()?;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => return Err(Flow::Stop),
+            }
+        }
+    }
+}
+
+/// Next presentation time minus this one, among the samples decoded around it (B-frames put
+/// the next presentation time before or after it in decode order): exact even where the
+/// container rounds durations (Matroska's whole milliseconds).
+fn presentation_duration(sample: &Sample, around: impl Iterator<Item = MediaTime>) -> Option<MediaTime> {
+    around
+        .filter(|pts| *pts > sample.pts)
+        .map(|pts| pts.saturating_sub(sample.pts))
+        .min()
+        .or((sample.duration > MediaTime::ZERO).then_some(sample.duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(pts_ms: i64, dts_ms: i64) -> Sample {
+        Sample {
+            pts: MediaTime::from_millis(pts_ms),
+            dts: MediaTime::from_millis(dts_ms),
+            duration: MediaTime::ZERO,
+            offset: 0,
+            size: 1,
+            keyframe: false,
+            follows_damage: false,
+        }
+    }
+
+    #[test]
+    fn durations_follow_presentation_order_across_b_frames() {
+        // Decode order I0 P120 B40 B80 P240: the B-frame at 80 ends where P120, decoded before
+        // it, starts.
+        let samples = [sample(0, -40), sample(120, 0), sample(40, 40), sample(80, 80), sample(240, 120)];
+        let d = |i: usize| presentation_duration(&samples[i], samples.iter().map(|s| s.pts));
+        assert_eq!(d(0), Some(MediaTime::from_millis(40)));
+        assert_eq!(d(2), Some(MediaTime::from_millis(40)));
+        assert_eq!(d(3), Some(MediaTime::from_millis(40)));
+        assert_eq!(d(1), Some(MediaTime::from_millis(120)));
+        assert_eq!(presentation_duration(&samples[4], samples[..4].iter().map(|s| s.pts)), None);
+    }
+
+    #[test]
+    fn request_size_grows_with_throughput_and_stays_bounded() {
+        let mut sizer = RequestSizer::new();
+        for _ in 0..10 {
+            sizer.record(1024 * 1024, Duration::from_millis(11));
+        }
+        assert!(sizer.request_bytes() >= 2 * 1024 * 1024, "{}", sizer.request_bytes());
+        // 10 ms away, 128 KB/s: a quarter second of transfer is below the floor.
+        let mut slow = RequestSizer::new();
+        slow.record(1024, Duration::from_millis(10));
+        for _ in 0..10 {
+            slow.record(64 * 1024, Duration::from_millis(510));
+        }
+        assert_eq!(slow.request_bytes(), RequestSizer::MIN);
+        // 500 ms away at the same rate: requests grow to cover four round trips.
+        let mut far = RequestSizer::new();
+        for _ in 0..10 {
+            far.record(128 * 1024, Duration::from_millis(1000));
+        }
+        assert!(far.request_bytes() >= 256 * 1024, "{}", far.request_bytes());
+        assert!(sizer.request_bytes() <= RequestSizer::MAX);
+    }
+}

@@ -1,0 +1,258 @@
+//! One subscribed track: a handle over its fetch worker and the bounded channel it fills.
+//! Dropping the handle ends the track at once: the read in flight is cancelled, the worker
+//! stops, and its buffer is freed.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use futures::task::AtomicWaker;
+
+use super::block_cache::BlockCache;
+use super::fetch::{Fetcher, Start, StartMode, TrackFigures};
+use super::item::{Item, SeekTicket, TrackItem};
+use super::meeting::TrackDesc;
+use super::timeline::Place;
+use super::{Shared, StreamError};
+use crate::index::{ParseError, TrackIndex, TrackInfo};
+use crate::source::{Cancel, CountingSource, RangeSource};
+use crate::time::MediaTime;
+
+/// Restarts a subscription's worker; held by the stream to reach every track on a seek.
+#[derive(Clone)]
+pub(crate) struct Control {
+    commands: Sender<Start>,
+    cancel: Arc<Cancel>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Control {
+    pub(crate) fn restart(&self, ticket: SeekTicket, target: MediaTime, mode: StartMode) {
+        // The command first, then the cancel: the worker that sees its read cancelled finds
+        // the command waiting.
+        match self.commands.try_send(Start { ticket, target, mode }) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+            Err(TrySendError::Full(_)) => tracing::warn!("a track's command queue is full; seek dropped"),
+        }
+        self.cancel.cancel();
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+}
+
+/// A subscribed track. Read its items with [`Subscription::recv`] (threads) or
+/// [`Subscription::items`] (async code); drop it to end the track.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    desc: TrackDesc,
+    index: Option<Arc<TrackIndex>>,
+    /// The index's source (cached), for questions asked besides the worker's reads.
+    source: Arc<dyn RangeSource>,
+    info: Option<TrackInfo>,
+    encoder_delay: Option<u64>,
+    items: Receiver<TrackItem>,
+    control: Control,
+    figures: Arc<TrackFigures>,
+    waker: Arc<AtomicWaker>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("track", &self.desc.name).field("info", &self.info).finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn open(
+        shared: Arc<Shared>,
+        track: &str,
+        start: Option<(MediaTime, SeekTicket)>,
+    ) -> Result<Subscription, StreamError> {
+        let desc =
+            shared.meeting.track(track).cloned().ok_or_else(|| StreamError::UnknownTrack(track.into()))?;
+        let figures = shared.figures(&desc.name);
+        let raw = shared.meeting.open_source(&desc)?;
+        let counted: Arc<dyn RangeSource> = Arc::new(CountingSource::sharing(raw, figures.reads.clone()));
+        let source: Arc<dyn RangeSource> = Arc::new(BlockCache::new(counted.clone()));
+        let index = match TrackIndex::open(track, source.as_ref()) {
+            Ok(index) => Some(Arc::new(index)),
+            // No index for these bytes: the track streams as ordered chunks.
+            Err(e) if matches!(e.source, ParseError::UnknownFormat { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let info = index.as_ref().map(|i| i.info().clone());
+        let encoder_delay = index.as_ref().and_then(|i| i.encoder_delay());
+        let (command_tx, command_rx) = crossbeam_channel::bounded(16);
+        // Audio packets are small and many (Vorbis short blocks last 2.7 ms): room for four
+        // times as many, so the channel holds seconds of audio as it does of video.
+        let per_kind = if desc.kind == crate::manifest::TrackKind::Audio { 4 } else { 1 };
+        let (item_tx, item_rx) = crossbeam_channel::bounded(shared.options.channel_items.max(1) * per_kind);
+        let cancel = Arc::new(Cancel::new());
+        let alive = Arc::new(AtomicBool::new(true));
+        let waker = Arc::new(AtomicWaker::new());
+        let control = Control { commands: command_tx, cancel: cancel.clone(), alive: alive.clone() };
+        let fetcher = Fetcher {
+            desc: desc.clone(),
+            index: index.clone(),
+            source: source.clone(),
+            data_source: counted,
+            buffer_target: shared.options.buffer_target,
+            buffer_bytes: shared.options.buffer_bytes,
+            out: item_tx,
+            waker: waker.clone(),
+            commands: command_rx,
+            figures: figures.clone(),
+            shared: Arc::downgrade(&shared),
+            cancel,
+            alive,
+            sizer: super::RequestSizer::new(),
+        };
+        if let Some((at, ticket)) = start {
+            control.restart(ticket, at, StartMode::Accurate);
+        }
+        let worker = fetcher.spawn().map_err(|e| StreamError::Open {
+            track: track.into(),
+            message: format!("starting its fetch thread: {e}"),
+        })?;
+        Ok(Subscription {
+            shared,
+            desc,
+            index,
+            source,
+            info,
+            encoder_delay,
+            items: item_rx,
+            control,
+            figures,
+            waker,
+            worker: Some(worker),
+        })
+    }
+
+    pub(crate) fn control(&self) -> Control {
+        self.control.clone()
+    }
+
+    /// The track: name, kind, role, participant, spans.
+    pub fn track(&self) -> &TrackDesc {
+        &self.desc
+    }
+
+    /// Codec and what a decoder needs to start (avcC/hvcC, CodecPrivate, Opus/Vorbis
+    /// headers), from the index; `None` for a track without one (chunks).
+    pub fn info(&self) -> Option<&TrackInfo> {
+        self.info.as_ref()
+    }
+
+    /// Samples of encoder delay a decoder should drop at the start (MP3's LAME tag).
+    pub fn encoder_delay(&self) -> Option<u64> {
+        self.encoder_delay
+    }
+
+    /// Fetch and buffer figures of this track (shared by every subscription of it).
+    pub fn figures(&self) -> Arc<TrackFigures> {
+        self.figures.clone()
+    }
+
+    /// Restarts this track alone at `t` (the others keep going): for a consumer that seeks
+    /// per track, as GStreamer's appsrc asks.
+    pub fn restart(&self, t: MediaTime, ticket: SeekTicket) {
+        self.control.restart(ticket, t.max(MediaTime::ZERO), StartMode::Accurate);
+    }
+
+    /// Restarts this track with only the keyframe at or before `t` (a preview).
+    pub fn restart_keyframe(&self, t: MediaTime, ticket: SeekTicket) {
+        self.control.restart(ticket, t.max(MediaTime::ZERO), StartMode::Keyframe);
+    }
+
+    /// The meeting time of the keyframe at or before `t` in the span showing `t` (never
+    /// before the span's start); `None` when the track shows nothing at `t`.
+    pub fn keyframe_before(&self, t: MediaTime) -> Option<MediaTime> {
+        let index = self.index.as_ref()?;
+        let Place::Active { span, media } = self.desc.timeline.place(t) else { return None };
+        let span = self.desc.timeline.span(span)?;
+        let keyframe = index.seek(self.source.as_ref(), media).ok()?;
+        Some(span.to_meeting(keyframe.pts).max(span.start).min(t))
+    }
+
+    /// The next item, waiting for it; `None` once the worker has stopped.
+    pub fn recv(&self) -> Option<TrackItem> {
+        let item = self.items.recv().ok()?;
+        self.taken(&item);
+        Some(item)
+    }
+
+    /// The next item, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<TrackItem, RecvTimeoutError> {
+        let item = self.items.recv_timeout(timeout)?;
+        self.taken(&item);
+        Ok(item)
+    }
+
+    /// The next item if one is ready.
+    pub fn try_recv(&self) -> Result<TrackItem, TryRecvError> {
+        let item = self.items.try_recv()?;
+        self.taken(&item);
+        Ok(item)
+    }
+
+    /// The items as an async stream (for tokio and other executors).
+    pub fn items(&self) -> Items<'_> {
+        Items { subscription: self }
+    }
+
+    /// What was taken moves the cursor (when it follows what is taken): a packet to its end,
+    /// a gap too, since nothing is shown there.
+    fn taken(&self, item: &TrackItem) {
+        match &item.item {
+            Item::Packet(p) => self.shared.took(p.end()),
+            Item::Gap { start, duration } => self.shared.took(start.saturating_add(*duration)),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.control.alive.store(false, Ordering::Relaxed);
+        self.control.cancel.cancel();
+        super::lock(&self.shared.tracks).retain(|c| c.is_alive());
+        // The worker sees `alive` cleared within a poll.
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// [`Subscription::items`]: an async stream of the track's items, ending when the worker
+/// stops.
+#[derive(Debug)]
+pub struct Items<'a> {
+    subscription: &'a Subscription,
+}
+
+impl futures::Stream for Items<'_> {
+    type Item = TrackItem;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<TrackItem>> {
+        let subscription = self.subscription;
+        let poll = || match subscription.try_recv() {
+            Ok(item) => Some(Poll::Ready(Some(item))),
+            Err(TryRecvError::Disconnected) => Some(Poll::Ready(None)),
+            Err(TryRecvError::Empty) => None,
+        };
+        if let Some(ready) = poll() {
+            return ready;
+        }
+        subscription.waker.register(cx.waker());
+        // An item sent between the first look and the registration woke nobody: look again.
+        poll().unwrap_or(Poll::Pending)
+    }
+}
