@@ -18,7 +18,7 @@
 //! left is WSOLA's own: a sound moves by up to the search window and by its place in a stride
 //! times `|rate - 1|`. The stamps take off the average of both ([`early_ms`]), the search is
 //! 10 ms and the stride shortens at rates far from 1 ([`stride_ms`]), so a click lands within
-//! about 9 ms either way at 0.5x-2x.
+//! about 8 ms either way at 0.5x-1.5x and 10 ms at 2x.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -82,13 +82,16 @@ pub(crate) fn scaletempo(track: &str) -> Result<gst::Element, PlayerError> {
     Ok(tempo)
 }
 
-/// The stride (ms of output per splice) for `scale`. WSOLA plays each stride's input at 1x, so a
-/// sound lands up to `stride x |rate - 1|` from where the rate would put it: scaletempo's 30 ms
-/// default is kept while that spread stays under 8 ms, and shortened (to 16 ms at 1.5x, 10 ms at
-/// 2x) beyond.
+/// The stride (ms of output per splice) for `scale`. WSOLA plays each stride's input at 1x, so
+/// where a sound lands depends on where in a stride it falls: over `stride x (rate - 1)` above 1x,
+/// over `stride x rate x (1 - rate)` below (a sound is first heard in the earliest of the
+/// overlapping strides holding it). scaletempo's 30 ms default is kept while that spread stays
+/// within 6 ms (0.75x, 1.2x), and shortened beyond it: 24 ms at 0.5x and 1.25x, 12 ms at 1.5x,
+/// 10 ms (spread 10 ms) at 2x.
 fn stride_ms(scale: f64) -> u32 {
-    const SPREAD_MS: f64 = 8.0;
-    (SPREAD_MS / (scale - 1.0).abs().max(1e-3)).clamp(10.0, 30.0) as u32
+    const SPREAD_MS: f64 = 6.0;
+    let spread_per_ms = if scale >= 1.0 { scale - 1.0 } else { scale * (1.0 - scale) };
+    (SPREAD_MS / spread_per_ms.max(1e-3)).clamp(10.0, 30.0) as u32
 }
 
 /// How much earlier than the rate puts it, on average, scaletempo plays a sound (meeting ms;
