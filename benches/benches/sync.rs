@@ -8,6 +8,12 @@
 //! cycles, after subscribing tracks while playing, at 1.5x. Drift: the median skew at 5 %, 50 %
 //! and 95 % of a long meeting (`TANDEM_BENCH_MINUTES`, default 60), max minus min.
 //!
+//! Audio at each rate from 0.5x to 2x (`sync_audio_click_p95_at_<rate>x`): the clicks of the
+//! audio track alone after the rate changes while playing and after a seek at that rate,
+//! against GStreamer's single pipeline with `scaletempo` before its sink (the fair baseline: the
+//! single pipeline below changes rate without keeping the pitch). The goal: p95 within 10 ms
+//! and no worse than that baseline (`goal_ratio` = min(10 ms / baseline, 1)).
+//!
 //! Baselines in the same run: the naive player (one GStreamer pipeline per file, operated one
 //! after the other; its position is the audio pipeline's) and GStreamer's single pipeline
 //! (`gst_play`). The single pipeline has no subscribe-while-playing (uridecodebin branches are
@@ -323,6 +329,81 @@ fn scenarios(p: &mut dyn Playback, seeks: &[MediaTime]) -> Result<Vec<(&'static 
     Ok(out)
 }
 
+/// Rates of the sweep: the player's range, 1x aside.
+fn sweep_rates() -> &'static [f64] {
+    if smoke() {
+        &[0.75, 1.5]
+    } else {
+        &[0.5, 0.75, 1.25, 1.5, 2.0]
+    }
+}
+
+/// Signed skews (ms, + late) of the clicks in time-stretched audio played at `rate`: a click
+/// plays when the position clock reaches its buffer (`position`, read when the sink hands it
+/// over) plus its offset in the buffer, `rate` meeting seconds per second of samples (the stamps
+/// are not used: scaletempo's own are what is being judged).
+fn stretched_clicks(entries: &[Rendered], rate: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut last: Option<f64> = None;
+    for r in entries.iter().filter(|r| !r.video && !r.preroll && r.rate > 0) {
+        let Some(position) = r.position else { continue };
+        for i in audio::find_clicks(&r.mono, r.rate) {
+            let at = position.as_nanos() as f64 / 1e6 + i as f64 * 1000.0 * rate / f64::from(r.rate);
+            // A click lasts a few ms and may straddle buffers: its start only.
+            if last.is_some_and(|l| at - l < 400.0) {
+                continue;
+            }
+            last = Some(at);
+            out.push(at - (at / 1000.0).round() * 1000.0);
+        }
+    }
+    out
+}
+
+/// Audio clicks at each rate of the sweep: the rate changed while playing, then a seek at that
+/// rate, each played for about 8 clicks. Signed skews per rate.
+fn rate_sweep(p: &mut dyn Playback) -> Result<Vec<(f64, Vec<f64>)>> {
+    let log = p.log();
+    let mut out = Vec::new();
+    for &rate in sweep_rates() {
+        let stretch = secs(8.0 / rate + 0.5);
+        p.seek(MediaTime::from_millis(13_700))?;
+        p.play()?;
+        std::thread::sleep(secs(0.6));
+        let mark = ours::mark(&log);
+        p.set_rate(rate)?;
+        std::thread::sleep(stretch);
+        let mut skews = stretched_clicks(&ours::since(&log, mark), rate);
+        let mark = ours::mark(&log);
+        p.seek(MediaTime::from_millis(31_300))?;
+        std::thread::sleep(stretch);
+        skews.extend(stretched_clicks(&ours::since(&log, mark), rate));
+        p.pause()?;
+        p.set_rate(1.0)?;
+        out.push((rate, skews));
+    }
+    Ok(out)
+}
+
+/// p95 of |skew|, and the json of a sweep's skews.
+fn abs_p95(skews: &[f64]) -> f64 {
+    quantile_f(&skews.iter().map(|s| s.abs()).collect::<Vec<_>>(), 0.95)
+}
+
+fn sweep_json(sweep: &[(f64, Vec<f64>)]) -> serde_json::Value {
+    let rows: serde_json::Map<String, serde_json::Value> = sweep
+        .iter()
+        .map(|(rate, skews)| {
+            let abs: Vec<f64> = skews.iter().map(|s| s.abs()).collect();
+            let mean = skews.iter().sum::<f64>() / skews.len().max(1) as f64;
+            let row = json!({"n": skews.len(), "mean_signed": mean, "p50": quantile_f(&abs, 0.5),
+                "p95": quantile_f(&abs, 0.95), "max": quantile_f(&abs, 1.0)});
+            (format!("{rate}x"), row)
+        })
+        .collect();
+    serde_json::Value::Object(rows)
+}
+
 /// Subscribing the two other cameras while playing, on a player opened with alice and audio.
 fn subscribe(p: &mut dyn Playback) -> Result<Option<Skews>> {
     let log = p.log();
@@ -397,6 +478,27 @@ fn main() -> Result<()> {
         }
     }
 
+    println!("audio clicks at each rate, |position - second| in ms (n p50 p95 max, mean signed):");
+    let sweep_ours = rate_sweep(&mut open_ours(&dir, Some(vec!["mixed_audio".into()]))?)?;
+    let stretched = GstOptions { audio_samples: true, scaletempo: true, ..GstOptions::local() };
+    let audio_only: Vec<Track> = info.tracks.iter().filter(|t| &*t.name == "mixed_audio").cloned().collect();
+    let sweep_gst =
+        rate_sweep(&mut Single { gst: GstMeeting::open(&audio_only, info.duration, stretched)?, rate: 1.0 })?;
+    for (name, sweep) in [("ours", &sweep_ours), ("gst+tempo", &sweep_gst)] {
+        for (rate, skews) in sweep {
+            let abs: Vec<f64> = skews.iter().map(|s| s.abs()).collect();
+            let mean = skews.iter().sum::<f64>() / skews.len().max(1) as f64;
+            println!(
+                "{name:<10} {:<14} {:>3} clicks {:>5.1} {:>6.1} {:>6.1} mean {mean:>+5.1}",
+                format!("{rate}x"),
+                abs.len(),
+                quantile_f(&abs, 0.5),
+                quantile_f(&abs, 0.95),
+                quantile_f(&abs, 1.0)
+            );
+        }
+    }
+
     let long_info = MeetingInfo::load(&long)?;
     let (ours_drift, ours_medians) = drift(&mut open_ours(&long, None)?, long_info.duration)?;
     let single = GstOptions { audio_samples: true, ..GstOptions::local() };
@@ -450,12 +552,31 @@ fn main() -> Result<()> {
         ),
         Figure::new("sync_drift_long", "ms", ours_drift, gst_drift, "GStreamer single pipeline"),
     ];
+    // The goal at each rate: p95 within 10 ms and no worse than GStreamer with scaletempo.
+    let mut figures = figures;
+    for ((rate, o), (_, g)) in sweep_ours.iter().zip(&sweep_gst) {
+        let baseline = abs_p95(g);
+        figures.push(
+            Figure::new(
+                &format!("sync_audio_click_p95_at_{rate}x"),
+                "ms",
+                abs_p95(o),
+                baseline,
+                "GStreamer single pipeline with scaletempo",
+            )
+            .goal((10.0 / baseline).min(1.0)),
+        );
+    }
     let mut details = serde_json::Map::new();
     for (name, rows) in &results {
         let rows: serde_json::Map<String, serde_json::Value> =
             rows.iter().map(|(s, k)| (s.to_string(), k.json())).collect();
         details.insert(name.to_string(), serde_json::Value::Object(rows));
     }
+    details.insert(
+        "rates".into(),
+        json!({"ours": sweep_json(&sweep_ours), "gst_scaletempo": sweep_json(&sweep_gst)}),
+    );
     details.insert(
         "drift".into(),
         json!({"minutes": minutes, "ours_medians": ours_medians, "gst_medians": gst_medians}),

@@ -6,6 +6,8 @@
 //!      ├─ video ─> queue ! videoconvert ! appsink (I420, sync=true)  ─┐ stamp read from the
 //!      └─ audio ─> queue ! audioconvert ! audioresample ! appsink     ─┴ pixels, clicks from
 //!                  (F32 interleaved, sync=true)                          the samples
+//!            (with `GstOptions::scaletempo`: ... audioresample ! scaletempo ! audioconvert
+//!             ! appsink, pitch kept at other rates as playbin's `audio-filter` would)
 //! ```
 //!
 //! The files have their own time; the meeting timeline is mapped onto each the way tandem's
@@ -143,13 +145,19 @@ pub struct GstOptions {
     pub position_from: Option<Arc<Timing>>,
     /// Keep audio samples (for clicks).
     pub audio_samples: bool,
+    /// Time-stretch the audio with `scaletempo` (default properties), keeping its pitch at
+    /// other rates as tandem's player does.
+    pub scaletempo: bool,
     /// Where rendered buffers are logged (shared by the naive player's pipelines).
     pub log: Arc<Mutex<Vec<Rendered>>>,
 }
 
 impl std::fmt::Debug for GstOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GstOptions").field("audio_samples", &self.audio_samples).finish()
+        f.debug_struct("GstOptions")
+            .field("audio_samples", &self.audio_samples)
+            .field("scaletempo", &self.scaletempo)
+            .finish()
     }
 }
 
@@ -162,6 +170,7 @@ impl GstOptions {
             }),
             position_from: None,
             audio_samples: false,
+            scaletempo: false,
             log: Arc::default(),
         }
     }
@@ -199,6 +208,7 @@ impl GstMeeting {
                 gen: gen.clone(),
                 log: options.log.clone(),
                 audio_samples: options.audio_samples,
+                scaletempo: options.scaletempo,
             };
             decode.connect_pad_added(move |_, pad| {
                 if let Err(e) = ctx.link(pad) {
@@ -339,6 +349,7 @@ struct Ctx {
     gen: Arc<AtomicU64>,
     log: Arc<Mutex<Vec<Rendered>>>,
     audio_samples: bool,
+    scaletempo: bool,
 }
 
 impl Ctx {
@@ -360,6 +371,10 @@ impl Ctx {
         } else {
             elements.push(gst::ElementFactory::make("audioconvert").build()?);
             elements.push(gst::ElementFactory::make("audioresample").build()?);
+            if self.scaletempo {
+                elements.push(gst::ElementFactory::make("scaletempo").build()?);
+                elements.push(gst::ElementFactory::make("audioconvert").build()?);
+            }
             gst::Caps::builder("audio/x-raw").field("format", "F32LE").field("layout", "interleaved").build()
         };
         let sink = gst_app::AppSink::builder().caps(&sink_caps).sync(true).max_buffers(2).build();
@@ -410,8 +425,17 @@ impl Ctx {
         let position = if preroll { None } else { self.position.position() };
         let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else { return };
         let span = *self.branch.span.lock().unwrap_or_else(|e| e.into_inner());
-        let to_meeting =
-            |t: Option<gst::ClockTime>| Some(span?.to_meeting(MediaTime::from_nanos(t?.nseconds() as i64)));
+        // After scaletempo the segment runs at rate 1 with the rate applied: its stream time is
+        // the media time. Elsewhere the stamps are media time already.
+        let segment = sample.segment().and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+        let stretched = segment.as_ref().filter(|s| (s.applied_rate() - 1.0).abs() > 1e-9);
+        let media = |t: Option<gst::ClockTime>| match stretched {
+            Some(seg) => seg.to_stream_time(t?),
+            None => t,
+        };
+        let to_meeting = |t: Option<gst::ClockTime>| {
+            Some(span?.to_meeting(MediaTime::from_nanos(media(t)?.nseconds() as i64)))
+        };
         let pts = to_meeting(buffer.pts());
         let end = to_meeting(buffer.pts().zip(buffer.duration()).map(|(p, d)| p + d));
         let video = self.branch.track.kind == TrackKind::Video;

@@ -80,6 +80,8 @@ pub struct SeenFrame {
 pub struct SeenAudio {
     pub track: Arc<str>,
     pub pts: MediaTime,
+    /// The meeting time of the pipeline clock when the chunk was handed over (it plays then).
+    pub clock: Option<MediaTime>,
     pub rate: u32,
     pub mono: Vec<f32>,
     pub seek: u64,
@@ -116,6 +118,7 @@ impl Recorder {
                 let seen = SeenAudio {
                     track: a.track.clone(),
                     pts: a.pts,
+                    clock: a.clock,
                     rate: a.rate,
                     mono,
                     seek: a.seek,
@@ -154,6 +157,28 @@ pub fn click_times(chunks: &[SeenAudio]) -> Vec<MediaTime> {
                 out.push(t);
                 last = Some(t);
             }
+        }
+    }
+    out
+}
+
+/// How far each click in `chunks` (one track, while playing at `rate`) played from its whole
+/// second, in ms, signed (positive: late). A click plays when the clock reaches its chunk (the
+/// chunk's `clock`) plus its offset into the chunk, `rate` meeting seconds per second of samples:
+/// nothing here trusts the chunk's timestamp.
+pub fn click_skews(chunks: &[SeenAudio], rate: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut last: Option<f64> = None;
+    for chunk in chunks {
+        let Some(clock) = chunk.clock else { continue };
+        for i in audio::find_clicks(&chunk.mono, chunk.rate) {
+            let at = clock.as_nanos() as f64 / 1e6 + i as f64 * 1000.0 * rate / f64::from(chunk.rate.max(1));
+            // A click spans a few ms and may straddle chunks: keep its start only.
+            if last.is_some_and(|l| at - l < 400.0) {
+                continue;
+            }
+            last = Some(at);
+            out.push(at - (at / 1000.0).round() * 1000.0);
         }
     }
     out

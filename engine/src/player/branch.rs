@@ -3,7 +3,8 @@
 //! ```text
 //! video:  appsrc (coded, exact PTS/DTS) ! decoder ! videoconvert ! sink
 //! audio:  appsrc (PCM from symphonia | Opus) [! opusdec] ! audioconvert ! audioresample
-//!           ! scaletempo (pitch kept at other rates) ! audioconvert ! audioresample ! sink
+//!           ! scaletempo (pitch kept at other rates; restamped, tempo.rs) ! audioconvert
+//!           ! audioresample ! sink
 //! ```
 //!
 //! Every branch ends in its own clock-synced sink (an `appsink`; audio for a window goes to an
@@ -177,7 +178,7 @@ pub(crate) fn build(
             }
             elements.push(make("audioconvert", format!("{track}-convert"))?);
             elements.push(make("audioresample", format!("{track}-resample"))?);
-            elements.push(make("scaletempo", format!("{track}-tempo"))?);
+            elements.push(super::tempo::scaletempo(track)?);
             elements.push(make("audioconvert", format!("{track}-convert2"))?);
             elements.push(make("audioresample", format!("{track}-resample2"))?);
             elements.push(audio_sink(track, output, context, joining)?);

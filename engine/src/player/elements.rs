@@ -12,9 +12,8 @@ pub(crate) fn package_of(factory: &str) -> &'static str {
             "gstreamer1.0-libav"
         }
         "x264enc" => "gstreamer1.0-plugins-ugly",
-        "vp8dec" | "vp9dec" | "pulsesink" | "mp4mux" | "qtmux" | "matroskademux" | "qtdemux" => {
-            "gstreamer1.0-plugins-good"
-        }
+        "vp8dec" | "vp9dec" | "pulsesink" | "mp4mux" | "qtmux" | "matroskademux" | "qtdemux"
+        | "scaletempo" => "gstreamer1.0-plugins-good",
         "voaacenc" | "dav1ddec" | "av1dec" | "pipewiresink" => "gstreamer1.0-plugins-bad",
         "textoverlay" | "ximagesink" | "xvimagesink" => "gstreamer1.0-x",
         "autovideosink" | "autoaudiosink" => "gstreamer1.0-plugins-good",

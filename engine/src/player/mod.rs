@@ -18,6 +18,7 @@
 //! | `audio`     | Vorbis, MP3, AAC, FLAC decoded with symphonia                        |
 //! | `feeder`    | samples -> appsrc; seek generations and the flush guard              |
 //! | `branch`    | one track's elements: build, join while playing, remove              |
+//! | `tempo`     | scaletempo (pitch kept at 0.5x-2x) and the stamps of its output      |
 //! | `output`    | window, headless or callbacks, and the frames callbacks receive      |
 //! | `grid`      | the grid layout and name tiles the window, export and snapshots share |
 //! | `window`    | the live grid window of the subscribed video tracks                  |
@@ -73,6 +74,7 @@ mod fetcher;
 mod grid;
 mod output;
 mod seek;
+mod tempo;
 mod window;
 
 pub use crate::stream::{Meeting, TrackDesc};
