@@ -41,26 +41,22 @@ fn tool(name: &str) -> Result<Command> {
     }
 }
 
-/// `ffprobe -show_packets` for stream 0 of `path`.
-pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
+/// ffprobe's JSON for stream 0 of `path`, with `-show_entries entries`.
+fn ffprobe_json(path: &Path, entries: &str) -> Result<serde_json::Value> {
     let out = tool("ffprobe")?
-        .args([
-            "-v",
-            "error",
-            "-select_streams",
-            "0",
-            "-show_entries",
-            "packet=pts_time,dts_time,pos,size,flags",
-            "-of",
-            "json",
-        ])
+        .args(["-v", "error", "-select_streams", "0", "-show_entries", entries, "-of", "json"])
         .arg(path)
         .output()
         .context("running ffprobe")?;
     if !out.status.success() {
         bail!("ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ffprobe output")?;
+    serde_json::from_slice(&out.stdout).context("parsing ffprobe output")
+}
+
+/// `ffprobe -show_packets` for stream 0 of `path`.
+pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
+    let json = ffprobe_json(path, "packet=pts_time,dts_time,pos,size,flags")?;
     let packets = json["packets"].as_array().cloned().unwrap_or_default();
     let seconds_to_ms =
         |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<f64>().ok()).map(|s| s * 1000.0);
@@ -79,16 +75,7 @@ pub fn ffprobe_packets(path: &Path) -> Result<Vec<ProbePacket>> {
 /// Presentation times (ms) of every frame ffmpeg decodes from stream 0 of `path`
 /// (`ffprobe -show_frames`, best-effort timestamps), in decode output order.
 pub fn ffprobe_frame_times(path: &Path) -> Result<Vec<f64>> {
-    let out = tool("ffprobe")?
-        .args(["-v", "error", "-select_streams", "0", "-show_entries", "frame=best_effort_timestamp_time"])
-        .args(["-of", "json"])
-        .arg(path)
-        .output()
-        .context("running ffprobe")?;
-    if !out.status.success() {
-        bail!("ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing ffprobe output")?;
+    let json = ffprobe_json(path, "frame=best_effort_timestamp_time")?;
     let frames = json["frames"].as_array().cloned().unwrap_or_default();
     frames
         .iter()

@@ -10,10 +10,11 @@
 //!  turns the cursor into span, caption and buffering events.
 //! ```
 //!
+//! The meeting, its tracks' spans and the block cache in front of index reads come from the
+//! stream layer ([`crate::stream`]); the fetchers move onto its subscriptions next.
+//!
 //! | module      | concern                                                             |
 //! |-------------|---------------------------------------------------------------------|
-//! | `meeting`   | tracks and their byte sources: a folder and a peer look the same     |
-//! | `timeline`  | a track's spans on the meeting timeline                              |
 //! | `fetcher`   | cursor -> byte ranges -> samples; request sizing; buffer target      |
 //! | `audio`     | Vorbis, MP3, AAC, FLAC decoded with symphonia                        |
 //! | `feeder`    | samples -> appsrc; seek generations and the flush guard              |
