@@ -217,6 +217,8 @@ pub(crate) struct Fetcher {
     /// Wakes an async consumer after each item.
     pub(crate) waker: Arc<AtomicWaker>,
     pub(crate) commands: Receiver<Start>,
+    /// The consumer took something (see `Control::nudge`).
+    pub(crate) nudges: Receiver<()>,
     pub(crate) figures: Arc<TrackFigures>,
     /// The stream, for its cursor; gone when the stream is.
     pub(crate) shared: Weak<Shared>,
@@ -717,10 +719,17 @@ impl Fetcher {
             if !self.alive.load(Ordering::Relaxed) {
                 return Err(Flow::Stop);
             }
-            match self.commands.recv_timeout(POLL) {
-                Ok(start) => return Err(Flow::Command(start)),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(Flow::Stop),
+            crossbeam_channel::select! {
+                recv(self.commands) -> start => match start {
+                    Ok(start) => return Err(Flow::Command(start)),
+                    Err(_) => return Err(Flow::Stop),
+                },
+                recv(self.nudges) -> nudge => {
+                    if nudge.is_err() {
+                        return Err(Flow::Stop);
+                    }
+                }
+                default(POLL) => {}
             }
         }
     }

@@ -174,8 +174,15 @@ impl Shared {
         lock(&self.figures).entry(track.clone()).or_default().clone()
     }
 
+    /// The consumer took media up to `end`: the cursor moves (when it follows what is taken),
+    /// and workers waiting for room look again at once.
     pub(crate) fn took(&self, end: MediaTime) {
-        self.taken.fetch_max(end.as_nanos(), Ordering::Relaxed);
+        let before = self.taken.fetch_max(end.as_nanos(), Ordering::Relaxed);
+        if end.as_nanos() > before && matches!(*lock(&self.cursor), CursorSource::Taken) {
+            for control in lock(&self.tracks).iter() {
+                control.nudge();
+            }
+        }
     }
 
     fn start(&self) -> (SeekTicket, MediaTime) {

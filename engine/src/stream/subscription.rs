@@ -28,6 +28,8 @@ pub(crate) struct Control {
     commands: Sender<Start>,
     cancel: Arc<Cancel>,
     alive: Arc<AtomicBool>,
+    /// Wakes a worker waiting for room when the consumer took something.
+    nudge: Sender<()>,
 }
 
 impl Control {
@@ -39,6 +41,12 @@ impl Control {
             Err(TrySendError::Full(_)) => tracing::warn!("a track's command queue is full; seek dropped"),
         }
         self.cancel.cancel();
+    }
+
+    /// The cursor moved: a worker waiting for room looks again now rather than at its next
+    /// poll.
+    pub(crate) fn nudge(&self) {
+        let _ = self.nudge.try_send(());
     }
 
     pub(crate) fn is_alive(&self) -> bool {
@@ -97,7 +105,9 @@ impl Subscription {
         let cancel = Arc::new(Cancel::new());
         let alive = Arc::new(AtomicBool::new(true));
         let waker = Arc::new(AtomicWaker::new());
-        let control = Control { commands: command_tx, cancel: cancel.clone(), alive: alive.clone() };
+        let (nudge_tx, nudge_rx) = crossbeam_channel::bounded(1);
+        let control =
+            Control { commands: command_tx, cancel: cancel.clone(), alive: alive.clone(), nudge: nudge_tx };
         let fetcher = Fetcher {
             desc: desc.clone(),
             index: index.clone(),
@@ -108,6 +118,7 @@ impl Subscription {
             out: item_tx,
             waker: waker.clone(),
             commands: command_rx,
+            nudges: nudge_rx,
             figures: figures.clone(),
             shared: Arc::downgrade(&shared),
             cancel,
