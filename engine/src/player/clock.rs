@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::events::PlayerEvent;
 use super::Inner;
@@ -20,20 +20,20 @@ const LOW_WATER: MediaTime = MediaTime::from_millis(80);
 const HIGH_WATER: MediaTime = MediaTime::from_millis(1500);
 /// After a seek or resume, the pipeline's own preroll covers the first moments.
 const SETTLE: MediaTime = MediaTime::from_millis(200);
+/// `play` starts the clock once every track has this much ahead of the cursor...
+pub(crate) const START_LEAD: MediaTime = MediaTime::from_millis(500);
+/// ...or after this long, when waiting turns into buffering (with its events).
+const START_WAIT: Duration = Duration::from_secs(2);
 
-/// One caption cue, read once when the track is subscribed (caption files are small).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Cue {
-    pub(crate) start: MediaTime,
-    pub(crate) end: MediaTime,
-    pub(crate) text: String,
-}
+/// How often each track's buffer and fetch figures are published.
+const FIGURES_EVERY: Duration = Duration::from_millis(250);
 
 /// Starts the watcher; it ends when the player is dropped or `stop` is set.
 pub(crate) fn spawn_watcher(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("tandem-clock".into()).spawn(move || {
         let mut active: Vec<(Arc<str>, bool)> = Vec::new();
         let mut cues: Vec<(Arc<str>, Option<usize>)> = Vec::new();
+        let mut figures_sent = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
             let Some(inner) = inner.upgrade() else { return };
@@ -41,6 +41,10 @@ pub(crate) fn spawn_watcher(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::i
             inner.watch_spans(position, &mut active);
             inner.watch_captions(position, &mut cues);
             inner.watch_buffering(position);
+            if figures_sent.elapsed() >= FIGURES_EVERY {
+                figures_sent = Instant::now();
+                inner.publish_figures(position);
+            }
         }
     })
 }
@@ -99,12 +103,27 @@ impl Inner {
         }
     }
 
-    fn watch_buffering(&self, position: MediaTime) {
-        let (playing, buffering, since) = self.play_state();
-        if !playing || !self.options.realtime {
-            return;
+    /// Each track's buffer and fetch figures, as [`PlayerEvent::Buffer`].
+    fn publish_figures(&self, position: MediaTime) {
+        for (track, stats) in self.media_stats() {
+            let figures = stats.figures();
+            let until = figures.buffered_until();
+            if until == MediaTime::MAX {
+                continue;
+            }
+            self.events.send(PlayerEvent::Buffer {
+                track,
+                buffered: until.saturating_sub(position).max(MediaTime::ZERO),
+                bytes: figures.buffered_bytes(),
+                throughput: figures.throughput(),
+                rtt: figures.rtt(),
+            });
         }
-        let high = HIGH_WATER.min(self.options.buffer_target);
+    }
+
+    /// The track with the least media ahead of `position`, and how much; `None` when every
+    /// track has sent all it has.
+    pub(crate) fn lowest_lead(&self, position: MediaTime) -> Option<(Arc<str>, MediaTime)> {
         let mut lowest: Option<(Arc<str>, MediaTime)> = None;
         for (name, stats) in self.media_stats() {
             let until = stats.buffered_until();
@@ -115,6 +134,27 @@ impl Inner {
             if lowest.as_ref().is_none_or(|(_, a)| ahead < *a) {
                 lowest = Some((name, ahead));
             }
+        }
+        lowest
+    }
+
+    fn watch_buffering(&self, position: MediaTime) {
+        let (playing, buffering, since) = self.play_state();
+        if !playing || !self.options.realtime {
+            return;
+        }
+        let high = HIGH_WATER.min(self.options.buffer_target);
+        let lowest = self.lowest_lead(position);
+        if let Some(started) = self.starting() {
+            if lowest.as_ref().is_none_or(|(_, ahead)| *ahead >= START_LEAD.min(high)) {
+                self.set_starting(false);
+                self.set_buffering(false);
+                return;
+            }
+            if started.elapsed() < START_WAIT {
+                return;
+            }
+            self.set_starting(false);
         }
         let Some((track, ahead)) = lowest else {
             if buffering {

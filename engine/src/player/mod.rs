@@ -1,23 +1,23 @@
 //! The player: one meeting clock over tracks that come and go.
 //!
-//! ```text
-//!  Meeting (folder | peer) ──> per subscribed track:
-//!     RangeSource ─> TrackIndex ─> Fetcher thread ══bounded channel══> Feeder thread ─> appsrc
-//!                                  (ranges, sizing,                   (generations,     │
-//!                                   buffer target)                     flush guard)     ▼
-//!                                                          decoder ! convert ! clock-synced sink
-//!  one gst::Pipeline, one clock, one segment start for every branch; the clock watcher
-//!  turns the cursor into span, caption and buffering events.
-//! ```
+//! The player is a renderer over the stream layer ([`crate::stream`]): each subscribed track
+//! is a stream subscription whose packets a feeder pushes into an appsrc.
 //!
-//! The meeting, its tracks' spans and the block cache in front of index reads come from the
-//! stream layer ([`crate::stream`]); the fetchers move onto its subscriptions next.
+//! ```text
+//!  MeetingStream (cursor = the pipeline's position) ──> per subscribed track:
+//!     Subscription ══bounded channel══> Feeder thread ─> appsrc
+//!     (fetch, buffer,                   (engine audio decoding, drains,   │
+//!      back-pressure)                    generations, flush guard)        ▼
+//!                                                  decoder ! convert ! clock-synced sink
+//!  one gst::Pipeline, one clock, one segment start for every branch; the clock watcher
+//!  turns the cursor into span, caption, buffer and buffering events.
+//! ```
 //!
 //! | module      | concern                                                             |
 //! |-------------|---------------------------------------------------------------------|
-//! | `fetcher`   | cursor -> byte ranges -> samples; request sizing; buffer target      |
 //! | `audio`     | Vorbis, MP3, AAC, FLAC decoded with symphonia                        |
-//! | `feeder`    | samples -> appsrc; seek generations and the flush guard              |
+//! | `feeder`    | packets -> appsrc; seek generations and the flush guard              |
+//! | `stats`     | a track's fetch and render figures                                   |
 //! | `branch`    | one track's elements: build, join while playing, remove              |
 //! | `tempo`     | scaletempo (pitch kept at 0.5x-2x) and the stamps of its output      |
 //! | `output`    | window, headless or callbacks, and the frames callbacks receive      |
@@ -71,33 +71,31 @@ mod elements;
 mod events;
 mod export;
 mod feeder;
-mod fetcher;
 mod grid;
 mod output;
 mod seek;
+mod stats;
 mod tempo;
 mod window;
 
-pub use crate::stream::{Meeting, TrackDesc};
-pub use crate::stream::{Place, Span, Timeline};
+pub use crate::stream::{Meeting, Place, Span, Timeline, TrackDesc};
 pub use events::PlayerEvent;
 pub use export::{compose_grid, export_mp4, ExportLayout, ExportOptions, ExportProgress, RgbImage};
-pub use fetcher::TrackStats;
 pub use output::{AudioCallback, AudioChunk, Output, VideoCallback, VideoFrame};
 pub use seek::SeekMode;
+pub use stats::TrackStats;
 
-use crate::stream::RequestSizer;
 use branch::Branch;
-use clock::Cue;
 use events::EventSink;
-use feeder::{clock_time, Gate};
-use fetcher::{Fetcher, Position, StartMode, StatsSource};
+use feeder::{clock_time, Feeder, Gate};
 use output::SinkContext;
 use seek::SeekTracker;
 
-use crate::index::{IndexError, TrackIndex};
+use crate::index::{IndexError, TrackInfo};
 use crate::manifest::{ManifestError, TrackKind};
-use crate::source::RangeSource;
+use crate::stream::{
+    Cue, Item, MeetingStream, SeekTicket, StartMode, StreamError, StreamOptions, Subscription,
+};
 use crate::time::MediaTime;
 
 /// Why the player could not do what it was asked.
@@ -130,9 +128,8 @@ impl From<ManifestError> for PlayerError {
     }
 }
 
-impl From<crate::stream::StreamError> for PlayerError {
-    fn from(e: crate::stream::StreamError) -> Self {
-        use crate::stream::StreamError;
+impl From<StreamError> for PlayerError {
+    fn from(e: StreamError) -> Self {
         match e {
             StreamError::Manifest(e) => PlayerError::Manifest(e),
             StreamError::Index(e) => PlayerError::Index(e),
@@ -179,8 +176,7 @@ impl Default for PlayerOptions {
 enum Runtime {
     Media {
         desc: TrackDesc,
-        index: Arc<TrackIndex>,
-        source: Arc<dyn RangeSource>,
+        subscription: Arc<Subscription>,
         branch: Branch,
         gate: Arc<Gate>,
         stats: Arc<TrackStats>,
@@ -210,10 +206,14 @@ struct PlayState {
     segment_start: MediaTime,
     /// Where playing last (re)started: buffering is not judged before the pipeline settles.
     since: MediaTime,
+    /// `play` waits (since then) for every track to have a little ahead before the clock runs:
+    /// a start, not a stall (see `clock::START_LEAD`).
+    starting: Option<std::time::Instant>,
 }
 
 pub(crate) struct Inner {
-    meeting: Meeting,
+    /// The meeting's tracks, fetched and buffered; its cursor is the player's position.
+    stream: MeetingStream,
     options: PlayerOptions,
     pipeline: gst::Pipeline,
     tracks: Mutex<Vec<Runtime>>,
@@ -239,7 +239,7 @@ pub struct Player {
 impl std::fmt::Debug for Player {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Player")
-            .field("meeting", &self.inner.meeting.name())
+            .field("meeting", &self.inner.stream.meeting().name())
             .field("subscribed", &self.subscribed())
             .finish()
     }
@@ -272,8 +272,11 @@ impl Player {
             }
             _ => None,
         };
+        let stream_options =
+            StreamOptions { buffer_target: options.buffer_target, ..StreamOptions::default() };
+        let stream = MeetingStream::open(meeting, stream_options);
         let inner = Arc::new(Inner {
-            meeting,
+            stream,
             options,
             pipeline,
             tracks: Mutex::new(Vec::new()),
@@ -287,6 +290,7 @@ impl Player {
                 rate: 1.0,
                 segment_start: MediaTime::ZERO,
                 since: MediaTime::ZERO,
+                starting: None,
             }),
             stop: Arc::new(AtomicBool::new(false)),
             threads: Mutex::new(Vec::new()),
@@ -294,9 +298,11 @@ impl Player {
             rendered_until: Arc::new(AtomicI64::new(0)),
         });
         let player = Player { inner: inner.clone() };
+        let weak = Arc::downgrade(&inner);
+        inner.stream.set_clock(Arc::new(move || weak.upgrade()?.position()));
         let names: Vec<String> = match &inner.options.subscribe {
             Some(names) => names.clone(),
-            None => inner.meeting.tracks().iter().map(|t| t.name.to_string()).collect(),
+            None => inner.stream.meeting().tracks().iter().map(|t| t.name.to_string()).collect(),
         };
         // A track that cannot be opened (damaged index, unsupported codec, a lost file) is
         // reported and left out; the meeting plays with the others.
@@ -334,12 +340,12 @@ impl Player {
     }
 
     pub fn meeting(&self) -> &Meeting {
-        &self.inner.meeting
+        self.inner.stream.meeting()
     }
 
     /// The meeting's tracks with kind, role, participant and spans.
     pub fn tracks(&self) -> &[TrackDesc] {
-        self.inner.meeting.tracks()
+        self.inner.stream.meeting().tracks()
     }
 
     /// Names of the subscribed tracks.
@@ -376,10 +382,18 @@ impl Player {
         let position = self.position();
         // State changes happen under the play lock, so a buffering resume from the clock
         // watcher and the embedder's pause cannot interleave.
+        let ready = self.inner.lowest_lead(position).is_none_or(|(_, lead)| lead >= clock::START_LEAD);
         let mut state = lock(&self.inner.play);
         state.playing = true;
         state.since = position;
         self.inner.settle();
+        if !ready && !state.buffering && self.inner.options.realtime {
+            // Right after a seek a far link may have brought only each track's first frame:
+            // the clock starts once every track has a little more.
+            state.buffering = true;
+            state.starting = Some(std::time::Instant::now());
+            return Ok(());
+        }
         if !state.buffering {
             self.inner.pipeline.set_state(gst::State::Playing).map_err(gst_err)?;
         }
@@ -390,6 +404,7 @@ impl Player {
         let mut state = lock(&self.inner.play);
         state.playing = false;
         state.buffering = false;
+        state.starting = None;
         self.inner.settle();
         self.inner.pipeline.set_state(gst::State::Paused).map_err(gst_err)?;
         Ok(())
@@ -445,9 +460,9 @@ impl Player {
     }
 
     /// Codec, size and format of a subscribed audio or video track, from its index.
-    pub fn track_info(&self, track: &str) -> Option<crate::index::TrackInfo> {
+    pub fn track_info(&self, track: &str) -> Option<TrackInfo> {
         lock(&self.inner.tracks).iter().find_map(|r| match r {
-            Runtime::Media { desc, index, .. } if &*desc.name == track => Some(index.info().clone()),
+            Runtime::Media { desc, subscription, .. } if &*desc.name == track => subscription.info().cloned(),
             _ => None,
         })
     }
@@ -490,6 +505,15 @@ impl Inner {
     pub(crate) fn play_state(&self) -> (bool, bool, MediaTime) {
         let state = lock(&self.play);
         (state.playing, state.buffering, state.since)
+    }
+
+    /// When `play` began waiting for the tracks' first lead, if it still does.
+    pub(crate) fn starting(&self) -> Option<std::time::Instant> {
+        lock(&self.play).starting
+    }
+
+    pub(crate) fn set_starting(&self, on: bool) {
+        lock(&self.play).starting = on.then(std::time::Instant::now);
     }
 
     pub(crate) fn subscribed_descs(&self) -> Vec<TrackDesc> {
@@ -550,7 +574,7 @@ impl Inner {
         let t = t.max(MediaTime::ZERO);
         let target = if mode == SeekMode::Fast { self.snap_to_keyframe(t) } else { t };
         let rate = lock(&self.play).rate;
-        let start_mode = if mode == SeekMode::Preview { StartMode::Preview } else { StartMode::Accurate };
+        let start_mode = if mode == SeekMode::Preview { StartMode::Keyframe } else { StartMode::Accurate };
         let waiting: Vec<Arc<str>>;
         {
             let tracks = lock(&self.tracks);
@@ -609,14 +633,12 @@ impl Inner {
     fn snap_to_keyframe(&self, t: MediaTime) -> MediaTime {
         let tracks = lock(&self.tracks);
         for runtime in tracks.iter() {
-            let Runtime::Media { desc, index, source, .. } = runtime else { continue };
+            let Runtime::Media { desc, subscription, .. } = runtime else { continue };
             if desc.kind != TrackKind::Video {
                 continue;
             }
-            let Place::Active { span, media } = desc.timeline.place(t) else { continue };
-            let Some(span) = desc.timeline.span(span) else { continue };
-            if let Ok(keyframe) = index.seek(source.as_ref(), media) {
-                return span.to_meeting(keyframe.pts).max(span.start).min(t);
+            if let Some(keyframe) = subscription.keyframe_before(t) {
+                return keyframe;
             }
         }
         t
@@ -624,31 +646,39 @@ impl Inner {
 
     /// Opens, builds and starts a track; `joining` while the pipeline plays.
     fn add_track(self: &Arc<Self>, name: &str, joining: bool) -> Result<(), PlayerError> {
-        let desc = self.meeting.track(name).cloned().ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
-        let stats = lock(&self.stats).entry(desc.name.clone()).or_default().clone();
-        let raw = self.meeting.open_source(&desc)?;
-        let counted: Arc<dyn RangeSource> = Arc::new(StatsSource { inner: raw, stats: stats.clone() });
-        let source: Arc<dyn RangeSource> = Arc::new(crate::stream::BlockCache::new(counted.clone()));
-        let index = Arc::new(TrackIndex::open(name, source.as_ref())?);
+        let desc = self
+            .stream
+            .meeting()
+            .track(name)
+            .cloned()
+            .ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
         if desc.kind == TrackKind::Captions {
-            let cues = load_cues(&index, source.as_ref(), &desc)?;
+            let cues = self.load_cues(name)?;
             lock(&self.tracks).push(Runtime::Captions { desc, cues: Arc::new(cues) });
             return Ok(());
         }
-        let info = index.info().clone();
+        let stats = lock(&self.stats)
+            .entry(desc.name.clone())
+            .or_insert_with(|| Arc::new(TrackStats::new(self.stream.figures(name))))
+            .clone();
+        // The track starts where appsrc's first seek-data says (see `feeder`).
+        let subscription = Arc::new(self.stream.subscribe_idle(name)?);
+        let Some(info) = subscription.info().cloned() else {
+            return Err(PlayerError::Unsupported {
+                track: name.into(),
+                what: "a file tandem cannot index".into(),
+            });
+        };
         let engine_audio = desc.kind == TrackKind::Audio && audio::decodes_in_engine(&info.codec);
         let decoder = if engine_audio {
             Some(
-                audio::AudioDecoder::new(&info, index.encoder_delay())
+                audio::AudioDecoder::new(&info, subscription.encoder_delay())
                     .map_err(|what| PlayerError::Unsupported { track: name.into(), what })?,
             )
         } else {
             None
         };
-        let (command_tx, command_rx) = crossbeam_channel::bounded(16);
-        // Engine-decoded audio travels as one small PCM buffer per packet: room for seconds.
-        let (item_tx, item_rx) = crossbeam_channel::bounded(if engine_audio { 256 } else { 64 });
-        let gate = Arc::new(Gate::new(command_tx));
+        let gate = Arc::new(Gate::new(subscription.clone()));
         let (on_video, on_audio) = match (&self.options.output, &self.window) {
             (Output::Callbacks { video, audio }, _) => (video.clone(), audio.clone()),
             (Output::Window, Some(window)) => {
@@ -679,33 +709,22 @@ impl Inner {
         };
         let branch = branch::build(&spec, gate.clone(), context)?;
         branch.attach(&self.pipeline)?;
-        let position: Position = if self.options.realtime {
-            let weak_pipeline = self.pipeline.downgrade();
-            Arc::new(move || pipeline_position(&weak_pipeline.upgrade()?))
-        } else {
-            let rendered = self.rendered_until.clone();
-            Arc::new(move || Some(MediaTime::from_nanos(rendered.load(Ordering::Relaxed))))
-        };
-        let fetcher = Fetcher {
-            desc: desc.clone(),
-            index: index.clone(),
-            source: source.clone(),
-            data_source: counted,
+        let feeder = Feeder {
+            track: desc.name.clone(),
+            kind: desc.kind,
+            codec: info.codec.clone(),
+            timeline: desc.timeline.clone(),
+            sample_rate: info.audio.map(|a| a.sample_rate).unwrap_or(48_000),
+            subscription: subscription.clone(),
+            appsrc: branch.appsrc.clone(),
+            gate: gate.clone(),
             decoder,
-            buffer_target: self.options.buffer_target,
-            out: item_tx,
-            commands: command_rx,
-            stats: stats.clone(),
-            position,
             events: self.events.clone(),
-            sizer: RequestSizer::new(),
         };
-        let spawned = fetcher
-            .spawn()
-            .and_then(|f| feeder::spawn(name, branch.appsrc.clone(), gate.clone(), item_rx).map(|g| (f, g)));
-        if let Err(e) = spawned {
+        if let Err(e) = feeder.spawn() {
+            gate.close();
             branch.detach(&self.pipeline);
-            return Err(gst_err(format!("starting threads: {e}")));
+            return Err(gst_err(format!("starting the feeder thread: {e}")));
         }
         if joining {
             if let Err(e) = self.join_branch(&branch) {
@@ -719,8 +738,30 @@ impl Inner {
         if let (Some(window), TrackKind::Video) = (&self.window, desc.kind) {
             window.set_subscribed(&desc.name, true);
         }
-        lock(&self.tracks).push(Runtime::Media { desc, index, source, branch, gate, stats });
+        lock(&self.tracks).push(Runtime::Media { desc, subscription, branch, gate, stats });
         Ok(())
+    }
+
+    /// Every cue of a caption track, read once (caption files are small).
+    fn load_cues(&self, name: &str) -> Result<Vec<Cue>, PlayerError> {
+        let subscription = self.stream.subscribe_at(name, MediaTime::ZERO, SeekTicket::default())?;
+        let mut cues = Vec::new();
+        loop {
+            match subscription.recv_timeout(Duration::from_secs(30)).map(|t| t.item) {
+                Ok(Item::Cue(cue)) => cues.push(cue),
+                Ok(Item::End) => return Ok(cues),
+                Ok(Item::Failed { message }) => {
+                    return Err(PlayerError::Open { track: name.into(), message })
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(PlayerError::Open {
+                        track: name.into(),
+                        message: "its cues did not arrive within 30 s".into(),
+                    })
+                }
+            }
+        }
     }
 
     /// Starts a branch inside a playing pipeline: its segment starts a little ahead of the
@@ -796,40 +837,6 @@ pub(crate) fn tile_label(desc: &TrackDesc) -> String {
 /// The meeting time on screen: the pipeline's position.
 fn pipeline_position(pipeline: &gst::Pipeline) -> Option<MediaTime> {
     pipeline.query_position::<gst::ClockTime>().map(feeder::media_time)
-}
-
-/// Every cue of a caption track with its text, on the meeting timeline.
-fn load_cues(
-    index: &TrackIndex,
-    source: &dyn RangeSource,
-    desc: &TrackDesc,
-) -> Result<Vec<Cue>, PlayerError> {
-    let mut cues = Vec::new();
-    let mut pos = Some(index.keyframes(source)?.first().map(|k| k.pos).unwrap_or_default());
-    while let Some(at) = pos {
-        let batch = index.samples(source, at, 1024)?;
-        if batch.samples.is_empty() {
-            break;
-        }
-        for sample in &batch.samples {
-            let data = index.sample_data(source, sample)?;
-            let text = String::from_utf8_lossy(&data);
-            // The block's text is what follows its timing line.
-            let body: Vec<&str> = text.lines().skip_while(|l| !l.contains("-->")).skip(1).collect();
-            let text = body.join("\n").trim().to_string();
-            for span in desc.timeline.spans() {
-                let start = span.to_meeting(sample.pts).max(span.start);
-                let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
-                let end = span.end.map_or(end, |e| end.min(e));
-                if start < end {
-                    cues.push(Cue { start, end, text: text.clone() });
-                }
-            }
-        }
-        pos = batch.next;
-    }
-    cues.sort_by_key(|c| c.start);
-    Ok(cues)
 }
 
 /// Watches the pipeline's bus: a track's error stops that track only; the end of every

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::fetcher::TrackStats;
 use super::seek::SeekTracker;
+use super::stats::TrackStats;
 use crate::time::MediaTime;
 
 /// Receives every decoded, clock-synced video frame (and the preroll frame after a seek).

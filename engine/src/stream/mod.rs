@@ -58,8 +58,6 @@ mod meeting;
 mod subscription;
 mod timeline;
 
-#[cfg(feature = "player")]
-pub(crate) use block_cache::BlockCache;
 pub use fetch::TrackFigures;
 pub use item::{Cue, Item, Packet, SeekTicket, TrackItem};
 pub use meeting::{Meeting, TrackDesc};
