@@ -9,7 +9,7 @@
 //!       appsrc per audio track ─> audiomixer ─> AAC encoder ─┴─> mp4mux ─> filesink
 //! ```
 //!
-//! The player decodes exactly as it does for playback (same fetchers, same accurate seek), so
+//! The player decodes exactly as it does for playback (same subscriptions, same accurate seek), so
 //! a clip is in sync exactly as playback is: the pacer stamps the frame showing at meeting
 //! time `T`, and the audio of `T`, at clip time `T - from`.
 
