@@ -13,7 +13,7 @@
 //! its bytes in order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,13 +22,14 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
 use futures::task::AtomicWaker;
 
+use super::figures::TrackFigures;
 use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
 use super::timeline::{Place, Span};
-use super::Shared;
+use super::{RequestSizer, Shared};
 use crate::index::{Codec, ReadPos, Sample, TrackIndex};
 use crate::manifest::TrackKind;
-use crate::source::{Cancel, RangeSource, ReadCost, ReadCounter, SourceError};
+use crate::source::{Cancel, RangeSource, SourceError};
 use crate::time::MediaTime;
 
 /// How often the worker wakes to re-check its buffer and commands while it waits.
@@ -60,111 +61,6 @@ pub(crate) enum StartMode {
     Accurate,
     /// Only the keyframe at or before the target (a preview), then nothing.
     Keyframe,
-}
-
-/// A track's fetch and buffer figures, readable at any time; they outlive subscriptions.
-#[derive(Debug)]
-pub struct TrackFigures {
-    /// What the track's reads cost (index reads included).
-    pub(crate) reads: Arc<ReadCounter>,
-    /// Meeting time (ns) up to which media was handed out, less what a reordering decoder
-    /// holds back; `i64::MAX` once the track has nothing more to send.
-    buffered_until: AtomicI64,
-    /// Bytes handed out ahead of the cursor.
-    buffered_bytes: AtomicU64,
-    /// Recent fetch throughput (bytes per second, as f64 bits) and round trip (ns).
-    throughput: AtomicU64,
-    rtt: AtomicU64,
-}
-
-impl Default for TrackFigures {
-    fn default() -> Self {
-        TrackFigures {
-            reads: Arc::default(),
-            buffered_until: AtomicI64::new(0),
-            buffered_bytes: AtomicU64::new(0),
-            throughput: AtomicU64::new(0),
-            rtt: AtomicU64::new(0),
-        }
-    }
-}
-
-impl TrackFigures {
-    /// Bytes and reads fetched from the track's source so far.
-    pub fn fetched(&self) -> ReadCost {
-        self.reads.cost()
-    }
-    /// Meeting time up to which media is buffered (handed out); `MediaTime::MAX` when the
-    /// track has nothing more to send.
-    pub fn buffered_until(&self) -> MediaTime {
-        MediaTime::from_nanos(self.buffered_until.load(Ordering::Relaxed))
-    }
-    /// Bytes handed out ahead of the cursor.
-    pub fn buffered_bytes(&self) -> u64 {
-        self.buffered_bytes.load(Ordering::Relaxed)
-    }
-    /// Recent fetch throughput, bytes per second.
-    pub fn throughput(&self) -> f64 {
-        f64::from_bits(self.throughput.load(Ordering::Relaxed))
-    }
-    /// Recent request round-trip time.
-    pub fn rtt(&self) -> Duration {
-        Duration::from_nanos(self.rtt.load(Ordering::Relaxed))
-    }
-    fn set_buffered_until(&self, t: MediaTime) {
-        self.buffered_until.store(t.as_nanos(), Ordering::Relaxed);
-    }
-}
-
-/// Sizes requests from what the link has shown: big enough that round trips do not dominate
-/// (a quarter second of transfer, or four round trips' worth), within 64 KiB to 4 MiB.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestSizer {
-    /// Smoothed bytes per second, round trip included.
-    throughput: f64,
-    /// Smallest recent request latency: the round trip.
-    rtt: Duration,
-    samples: u32,
-}
-
-impl RequestSizer {
-    pub(crate) const MIN: u64 = 64 * 1024;
-    pub(crate) const MAX: u64 = 4 * 1024 * 1024;
-
-    pub(crate) fn new() -> RequestSizer {
-        RequestSizer { throughput: 0.0, rtt: Duration::ZERO, samples: 0 }
-    }
-
-    pub(crate) fn record(&mut self, bytes: u64, elapsed: Duration) {
-        if self.samples == 0 || elapsed < self.rtt {
-            self.rtt = elapsed;
-        } else {
-            // Let the floor drift up slowly so a route change is noticed.
-            self.rtt += (elapsed - self.rtt) / 64;
-        }
-        // Whole-request rate: conservative on far links, where the round trip is part of what
-        // a bigger request amortises.
-        let rate = bytes as f64 / elapsed.max(Duration::from_micros(50)).as_secs_f64();
-        self.throughput = if self.samples == 0 { rate } else { self.throughput * 0.7 + rate * 0.3 };
-        self.samples = self.samples.saturating_add(1);
-    }
-
-    pub(crate) fn request_bytes(&self) -> u64 {
-        if self.samples == 0 {
-            return Self::MIN * 4;
-        }
-        let span = (self.rtt * 4).max(Duration::from_millis(250));
-        let bytes = self.throughput * span.as_secs_f64();
-        (bytes as u64).clamp(Self::MIN, Self::MAX)
-    }
-
-    pub(crate) fn throughput(&self) -> f64 {
-        self.throughput
-    }
-
-    pub(crate) fn rtt(&self) -> Duration {
-        self.rtt
-    }
 }
 
 /// A fetched range served from memory; anything outside it goes to the track's source (an
@@ -803,28 +699,5 @@ mod tests {
         assert_eq!(d(3), Some(MediaTime::from_millis(40)));
         assert_eq!(d(1), Some(MediaTime::from_millis(120)));
         assert_eq!(presentation_duration(&samples[4], samples[..4].iter().map(|s| s.pts)), None);
-    }
-
-    #[test]
-    fn request_size_grows_with_throughput_and_stays_bounded() {
-        let mut sizer = RequestSizer::new();
-        for _ in 0..10 {
-            sizer.record(1024 * 1024, Duration::from_millis(11));
-        }
-        assert!(sizer.request_bytes() >= 2 * 1024 * 1024, "{}", sizer.request_bytes());
-        // 10 ms away, 128 KB/s: a quarter second of transfer is below the floor.
-        let mut slow = RequestSizer::new();
-        slow.record(1024, Duration::from_millis(10));
-        for _ in 0..10 {
-            slow.record(64 * 1024, Duration::from_millis(510));
-        }
-        assert_eq!(slow.request_bytes(), RequestSizer::MIN);
-        // 500 ms away at the same rate: requests grow to cover four round trips.
-        let mut far = RequestSizer::new();
-        for _ in 0..10 {
-            far.record(128 * 1024, Duration::from_millis(1000));
-        }
-        assert!(far.request_bytes() >= 256 * 1024, "{}", far.request_bytes());
-        assert!(sizer.request_bytes() <= RequestSizer::MAX);
     }
 }

@@ -18,7 +18,9 @@
 //! | `timeline`     | a track's spans on the meeting timeline                            |
 //! | `item`         | what a subscription hands out: packets, gaps, cues, chunks, the end |
 //! | `subscription` | the handle of one subscribed track                                 |
-//! | `fetch`        | cursor -> byte ranges -> packets; request sizing; buffer targets   |
+//! | `fetch`        | cursor -> byte ranges -> packets; buffer targets                  |
+//! | `sizer`        | request sizes from the link's throughput and round trip            |
+//! | `figures`      | a track's fetch and buffer figures                                 |
 //! | `block_cache`  | a small cache in front of a source for the index's own reads       |
 //!
 //! The consumer owns time: buffers are measured ahead of the cursor, so read-ahead is bounded
@@ -53,18 +55,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 mod block_cache;
 mod fetch;
+mod figures;
 mod item;
 mod meeting;
+mod sizer;
 mod subscription;
 mod timeline;
 
-pub use fetch::TrackFigures;
+pub use figures::TrackFigures;
 pub use item::{Cue, Item, Packet, SeekTicket, TrackItem};
 pub use meeting::{Meeting, TrackDesc};
 pub use subscription::Subscription;
 pub use timeline::{Place, Span, Timeline};
 
-pub(crate) use fetch::{RequestSizer, StartMode};
+pub(crate) use fetch::StartMode;
+pub(crate) use sizer::RequestSizer;
 
 use crate::index::IndexError;
 use crate::manifest::ManifestError;

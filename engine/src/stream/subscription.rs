@@ -13,7 +13,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySen
 use futures::task::AtomicWaker;
 
 use super::block_cache::BlockCache;
-use super::fetch::{Fetcher, Start, StartMode, TrackFigures};
+use super::fetch::{Fetcher, Start, StartMode};
+use super::figures::TrackFigures;
 use super::item::{Item, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
 use super::timeline::Place;
