@@ -58,7 +58,16 @@ enum Command {
 }
 
 /// Errors are printed as one message with its causes, never a backtrace, and exit 1.
+/// When the process started: `play` counts its opening time from here, dial and
+/// `stream.get` included, as a person waiting would.
+static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+pub(crate) fn since_start() -> std::time::Duration {
+    STARTED.get_or_init(std::time::Instant::now).elapsed()
+}
+
 fn main() -> std::process::ExitCode {
+    STARTED.get_or_init(std::time::Instant::now);
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -119,10 +119,9 @@ pub fn play(args: PlayArgs) -> Result<()> {
     if silent && !interactive {
         println!("no sound device could be opened: the audio plays silently, in sync");
     }
-    let opened = Instant::now();
     let player = Player::open(meeting, options)?;
     player.wait_seek(Duration::from_secs(20));
-    let opened = opened.elapsed();
+    let opened = crate::since_start();
     if interactive {
         let mut notes = Vec::new();
         if silent {

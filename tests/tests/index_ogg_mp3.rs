@@ -123,7 +123,8 @@ fn ffmpeg_vorbis() -> Result<()> {
     let dir = tmp()?;
     let path = out(&dir, "v.ogg");
     ffmpeg(&["-f", "lavfi", "-i", &lavfi_sine(30), "-c:a", "libvorbis", "-q:a", "3", s(&path)])?;
-    let index = check_file(&path, Codec::Vorbis, 12)?;
+    // Ogg seeks place their probes by granule (interpolation), not by halving the file.
+    let index = check_file(&path, Codec::Vorbis, 3)?;
     let config = index.info().codec_config.clone().context("vorbis config")?;
     ensure!(config[0] == 2, "Xiph lacing starts with 2");
     Ok(())
@@ -134,7 +135,8 @@ fn ffmpeg_opus_and_sample_data() -> Result<()> {
     let dir = tmp()?;
     let path = out(&dir, "o.opus");
     ffmpeg(&["-f", "lavfi", "-i", &lavfi_sine(600), "-c:a", "libopus", "-b:a", "48k", s(&path)])?;
-    let index = check_file(&path, Codec::Opus, 30)?;
+    // Ten minutes: halving would take about six probes; interpolation lands in one or two.
+    let index = check_file(&path, Codec::Opus, 3)?;
     let src = FileSource::open(&path)?;
     let packets = ffprobe_packets(&path)?;
     for t in [1_000i64, 123_456, 400_000] {

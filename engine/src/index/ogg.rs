@@ -64,6 +64,8 @@ const MAX_PAGE: u64 = 27 + 255 + 255 * 255;
 const WALK_WINDOW: u64 = 256 * 1024;
 /// Window read at each bisection step, and how far back a mid-stream walk starts.
 const SEEK_WINDOW: u64 = 64 * 1024;
+/// Probes placed by interpolation before a seek falls back to halving.
+const MAX_GUESSES: u32 = 4;
 /// How much of the end is read to find the last granule: a small read that holds the last page
 /// of a typical stream (pages of a few KiB), then one that holds the largest possible page.
 const TAIL_READS: [u64; 2] = [16 * 1024, MAX_PAGE + 4];
@@ -887,22 +889,54 @@ impl ContainerIndex for OggIndex {
         let target = t.to_ticks(self.rate).unwrap_or(i64::MAX).saturating_add(self.pre_skip);
         let len = src.len();
         let (mut lo, mut hi) = (self.data_start, len);
-        // Each step halves [lo, hi), so this ends even if granules go backwards.
+        // Granules known at lo and hi: each probe lands where the target's granule would be at
+        // a steady bitrate, a little early so the window holds a page before it. On a far link
+        // each probe is a round trip: audio's near-constant rate makes this one or two probes
+        // where halving takes log2(file / window), and a start at zero none beyond the
+        // (cached) first window. A probe that would not shrink the range halves it instead,
+        // so this ends even if granules go backwards.
+        let mut lo_granule = self.pre_skip;
+        let mut hi_granule =
+            self.info.duration.and_then(|d| d.to_ticks(self.rate)).map(|g| g + self.pre_skip);
+        let mut guesses = 0;
         while hi.saturating_sub(lo) > SEEK_WINDOW {
-            let mid = lo + (hi - lo) / 2;
+            let halfway = lo + (hi - lo) / 2;
+            let guess = hi_granule.filter(|&g| g > lo_granule).map(|hi_g| {
+                let fraction = (target.saturating_sub(lo_granule)).max(0) as f64 / (hi_g - lo_granule) as f64;
+                let at = lo as f64 + (hi - lo) as f64 * fraction.min(1.0);
+                (at as u64).saturating_sub(SEEK_WINDOW / 4).clamp(lo, hi - SEEK_WINDOW)
+            });
+            let mid = guess.unwrap_or(halfway);
             let buf = src.read_range(mid, SEEK_WINDOW.min(len - mid))?;
-            let mut found = None;
+            // The last page ending before the target and the first ending at or after it: both
+            // in one window and the search is over.
+            let (mut below, mut above) = (None, None);
             let mut from = 0usize;
             while let Some(page) = find_page(&buf, from, mid, Some(self.serial)) {
                 if page.granule != -1 {
-                    found = Some(page);
-                    break;
+                    if page.granule < target {
+                        below = Some((page.offset, page.granule));
+                    } else {
+                        above = Some((page.offset, page.granule));
+                        break;
+                    }
                 }
                 from = (page.offset - mid) as usize + page.bytes.len();
             }
-            match found {
-                Some(page) if page.granule < target => lo = page.offset,
-                _ => hi = mid,
+            let (lo_before, hi_before) = (lo, hi);
+            if let Some((offset, granule)) = below {
+                (lo, lo_granule) = (offset, granule);
+            }
+            match (below, above) {
+                (Some(_), Some((offset, granule))) => (hi, hi_granule) = (offset.max(lo), Some(granule)),
+                (None, Some((_, granule))) => (hi, hi_granule) = (mid, Some(granule)),
+                (None, None) => hi = mid,
+                (Some(_), None) => {}
+            }
+            guesses += 1;
+            if (lo, hi) == (lo_before, hi_before) || guesses >= MAX_GUESSES {
+                // Guessing did not narrow the range: halve it from here on.
+                hi_granule = None;
             }
         }
         let mut walker = self.walker_before(src, lo)?;

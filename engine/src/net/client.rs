@@ -208,11 +208,26 @@ impl Client {
         start: u64,
         len: u64,
     ) -> Result<Bytes, NetError> {
+        self.read_range_prioritized(peer, stream, track, start, len, None).await
+    }
+
+    /// [`Client::read_range`] with a send priority (higher first among this connection's
+    /// answers; see [`ReadRangeRequest::priority`]).
+    pub async fn read_range_prioritized(
+        &self,
+        peer: &PeerAddr,
+        stream: &str,
+        track: &str,
+        start: u64,
+        len: u64,
+        priority: Option<i32>,
+    ) -> Result<Bytes, NetError> {
         let request = Request::ReadRange(ReadRangeRequest {
             stream: stream.to_string(),
             track: track.to_string(),
             start,
             len,
+            priority,
         });
         let (_, data) = self.request(peer, &request, true).await?;
         Ok(data)
@@ -283,6 +298,7 @@ impl Client {
             Request::ReadRange(r) if ranged => Some(r.len),
             _ => None,
         };
+        tracing::trace!(?request, "request");
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -457,6 +473,8 @@ pub struct RemoteTrack {
     track: String,
     size: u64,
     window: ReadWindow,
+    /// Send priority of this track's reads (see [`ReadRangeRequest::priority`]).
+    priority: Option<i32>,
 }
 
 impl RemoteTrack {
@@ -475,7 +493,14 @@ impl RemoteTrack {
             track: track.to_string(),
             size: t.size,
             window: info.read_window.for_client()?,
+            priority: None,
         })
+    }
+
+    /// Reads of this track are sent before lower ones when the link is short.
+    pub fn with_priority(mut self, priority: i32) -> RemoteTrack {
+        self.priority = Some(priority);
+        self
     }
 
     pub fn peer(&self) -> &PeerAddr {
@@ -517,7 +542,10 @@ impl RemoteTrack {
             .map_err(|e| NetError::status(super::protocol::ErrorCode::OutOfRange, e.to_string()))?;
         let parts = self.plan(start, len);
         let fetches = parts.into_iter().map(|(at, ask, keep)| async move {
-            let data = self.client.read_range(&self.peer, &self.stream, &self.track, at, ask).await?;
+            let data = self
+                .client
+                .read_range_prioritized(&self.peer, &self.stream, &self.track, at, ask, self.priority)
+                .await?;
             Ok::<Bytes, NetError>(data.slice(..usize::try_from(keep).unwrap_or(usize::MAX).min(data.len())))
         });
         // In order, a bounded number at a time; the first error stops the rest.
@@ -598,6 +626,7 @@ mod tests {
             track: "t".into(),
             size: 10_000,
             window: ReadWindow { min: 100, max: 1000 },
+            priority: None,
         };
         // Small read in the middle: ask for the minimum, keep 8.
         assert_eq!(track.plan(50, 8), vec![(50, 100, 8)]);

@@ -22,8 +22,10 @@
 //! N bytes of JSON: {"protocol": "stream.get" | "stream.read_range", "body": {...}}
 //! ```
 //! - `stream.get`, body [`GetRequest`] `{"stream": "standup"}`, answers [`StreamInfo`].
-//! - `stream.read_range`, body [`ReadRangeRequest`] `{"stream", "track", "start", "len"}`,
-//!   answers [`ReadRangeOk`] `{"len": n}` followed by exactly `n` raw bytes (`n == len`).
+//! - `stream.read_range`, body [`ReadRangeRequest`] `{"stream", "track", "start", "len"}`
+//!   and optionally `"priority"` (an integer, higher sent first when bandwidth is short;
+//!   0 when absent), answers [`ReadRangeOk`] `{"len": n}` followed by exactly `n` raw bytes
+//!   (`n == len`).
 //!
 //! # Response (server -> client, then the server finishes the stream)
 //! ```text
@@ -213,6 +215,11 @@ pub struct ReadRangeRequest {
     pub track: String,
     pub start: u64,
     pub len: u64,
+    /// Send order among this connection's answers when the link is short: higher first
+    /// (quinn's stream priority; absent is 0). A player asks audio before video, so a link
+    /// that cannot carry every track keeps the sound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
 }
 
 /// `stream.read_range` success body; `len` raw bytes follow the header.
@@ -447,9 +454,11 @@ mod tests {
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             arb_name().prop_map(|stream| Request::Get(GetRequest { stream })),
-            (arb_name(), arb_name(), any::<u64>(), any::<u64>()).prop_map(|(stream, track, start, len)| {
-                Request::ReadRange(ReadRangeRequest { stream, track, start, len })
-            }),
+            (arb_name(), arb_name(), any::<u64>(), any::<u64>(), any::<Option<i32>>()).prop_map(
+                |(stream, track, start, len, priority)| {
+                    Request::ReadRange(ReadRangeRequest { stream, track, start, len, priority })
+                }
+            ),
         ]
     }
 
@@ -483,14 +492,29 @@ mod tests {
 
     #[test]
     fn wire_shapes_are_as_documented() {
-        let req =
-            Request::ReadRange(ReadRangeRequest { stream: "m".into(), track: "t".into(), start: 1, len: 2 });
+        let req = Request::ReadRange(ReadRangeRequest {
+            stream: "m".into(),
+            track: "t".into(),
+            start: 1,
+            len: 2,
+            priority: None,
+        });
         let framed = req.encode().expect("encode");
         let json: serde_json::Value = serde_json::from_slice(&framed[4..]).expect("json");
         assert_eq!(
             json,
             serde_json::json!({"protocol":"stream.read_range","body":{"stream":"m","track":"t","start":1,"len":2}})
         );
+        let urgent = Request::ReadRange(ReadRangeRequest {
+            stream: "m".into(),
+            track: "t".into(),
+            start: 1,
+            len: 2,
+            priority: Some(2),
+        });
+        let json: serde_json::Value =
+            serde_json::from_slice(&urgent.encode().expect("encode")[4..]).expect("json");
+        assert_eq!(json["body"]["priority"], 2);
         let err = ResponseHeader::error(&NetError::status(ErrorCode::OutOfRange, "x"));
         assert_eq!(
             serde_json::to_value(&err).expect("json"),

@@ -172,6 +172,12 @@ impl Default for PlayerOptions {
     }
 }
 
+/// A track whose first reads are done, its branch not built yet.
+enum Opened {
+    Media { desc: TrackDesc, subscription: Arc<Subscription> },
+    Captions { desc: TrackDesc, cues: Vec<Cue> },
+}
+
 /// A subscribed track.
 enum Runtime {
     Media {
@@ -306,10 +312,21 @@ impl Player {
         };
         // A track that cannot be opened (damaged index, unsupported codec, a lost file) is
         // reported and left out; the meeting plays with the others.
+        // Each track's first reads (its index, a caption file) cost round trips on a far link:
+        // every track opens at once, then the branches are built in order.
+        let opens: Vec<Result<Opened, PlayerError>> = std::thread::scope(|scope| {
+            let inner = &inner;
+            let handles: Vec<_> =
+                names.iter().map(|name| scope.spawn(move || inner.open_track(name))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(gst_err("a track's opening thread panicked"))))
+                .collect()
+        });
         let mut opened = 0;
         let mut first_error = None;
-        for name in &names {
-            match inner.add_track(name, false) {
+        for (name, open) in names.iter().zip(opens) {
+            match open.and_then(|open| inner.add_opened(open, false)) {
                 // Captions alone play nothing: the meeting needs one audio or video track.
                 Ok(()) if inner.has_media() => opened += 1,
                 Ok(()) => {}
@@ -646,6 +663,13 @@ impl Inner {
 
     /// Opens, builds and starts a track; `joining` while the pipeline plays.
     fn add_track(self: &Arc<Self>, name: &str, joining: bool) -> Result<(), PlayerError> {
+        let opened = self.open_track(name)?;
+        self.add_opened(opened, joining)
+    }
+
+    /// A track's reads before its branch can be built: its index, or all its cues. Runs on
+    /// any thread, for every track at once.
+    fn open_track(&self, name: &str) -> Result<Opened, PlayerError> {
         let desc = self
             .stream
             .meeting()
@@ -654,15 +678,27 @@ impl Inner {
             .ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
         if desc.kind == TrackKind::Captions {
             let cues = self.load_cues(name)?;
-            lock(&self.tracks).push(Runtime::Captions { desc, cues: Arc::new(cues) });
-            return Ok(());
+            return Ok(Opened::Captions { desc, cues });
         }
+        // The track starts where appsrc's first seek-data says (see `feeder`).
+        let subscription = Arc::new(self.stream.subscribe_idle(name)?);
+        Ok(Opened::Media { desc, subscription })
+    }
+
+    /// Builds and starts an opened track; `joining` while the pipeline plays.
+    fn add_opened(self: &Arc<Self>, opened: Opened, joining: bool) -> Result<(), PlayerError> {
+        let (desc, subscription) = match opened {
+            Opened::Captions { desc, cues } => {
+                lock(&self.tracks).push(Runtime::Captions { desc, cues: Arc::new(cues) });
+                return Ok(());
+            }
+            Opened::Media { desc, subscription } => (desc, subscription),
+        };
+        let name: &str = &desc.name.clone();
         let stats = lock(&self.stats)
             .entry(desc.name.clone())
             .or_insert_with(|| Arc::new(TrackStats::new(self.stream.figures(name))))
             .clone();
-        // The track starts where appsrc's first seek-data says (see `feeder`).
-        let subscription = Arc::new(self.stream.subscribe_idle(name)?);
         let Some(info) = subscription.info().cloned() else {
             return Err(PlayerError::Unsupported {
                 track: name.into(),

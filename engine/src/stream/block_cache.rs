@@ -47,6 +47,41 @@ impl BlockCache {
     }
 }
 
+impl BlockCache {
+    /// `start..start+len` if every block of it is cached, without reading: an index walk that
+    /// already fetched a stretch (Ogg pages, MP3 frames, Matroska clusters without Cues) then
+    /// costs the media read nothing.
+    pub(crate) fn read_cached(&self, start: u64, len: u64) -> Option<Bytes> {
+        if len == 0 || check_range(start, len, self.inner.len()).is_err() {
+            return None;
+        }
+        let (first, last) = (start / BLOCK, (start + len - 1) / BLOCK);
+        if last - first >= CAPACITY as u64 {
+            return None;
+        }
+        let parts: Vec<Bytes> = (first..=last).map(|b| self.cached(b)).collect::<Option<_>>()?;
+        Some(join(parts, start - first * BLOCK, len))
+    }
+}
+
+/// `len` bytes from `skip` into consecutive blocks: a slice when one block holds them.
+fn join(mut parts: Vec<Bytes>, skip: u64, len: u64) -> Bytes {
+    let skip = skip as usize;
+    if parts.len() == 1 {
+        let block = parts.pop().unwrap_or_default();
+        return block.slice(skip..(skip + len as usize).min(block.len()));
+    }
+    let mut out = BytesMut::with_capacity(len as usize);
+    let mut left = len as usize;
+    for (i, part) in parts.into_iter().enumerate() {
+        let from = if i == 0 { skip } else { 0 };
+        let take = (part.len().saturating_sub(from)).min(left);
+        out.extend_from_slice(&part[from..from + take]);
+        left -= take;
+    }
+    out.freeze()
+}
+
 impl RangeSource for BlockCache {
     fn len(&self) -> u64 {
         self.inner.len()
@@ -88,21 +123,7 @@ impl RangeSource for BlockCache {
                 parts[(block - first) as usize] = Some(piece);
             }
         }
-        let skip = (start - first * BLOCK) as usize;
-        if parts.len() == 1 {
-            let block = parts.pop().flatten().unwrap_or_default();
-            return Ok(block.slice(skip..skip + len as usize));
-        }
-        let mut out = BytesMut::with_capacity(len as usize);
-        let mut left = len as usize;
-        for (i, part) in parts.into_iter().enumerate() {
-            let part = part.unwrap_or_default();
-            let from = if i == 0 { skip } else { 0 };
-            let take = (part.len() - from).min(left);
-            out.extend_from_slice(&part[from..from + take]);
-            left -= take;
-        }
-        Ok(out.freeze())
+        Ok(join(parts.into_iter().map(Option::unwrap_or_default).collect(), start - first * BLOCK, len))
     }
 }
 
@@ -127,5 +148,9 @@ mod tests {
         assert_eq!(counted.cost().reads, before.reads + 1);
         assert_eq!(&cache.read_range(499_990, 10).expect("tail")[..], &data[499_990..]);
         assert!(cache.read_range(499_990, 11).is_err());
+        let cost = counted.cost();
+        assert_eq!(&cache.read_cached(45_000, 100_000).expect("all cached")[..], &data[45_000..145_000]);
+        assert!(cache.read_cached(300_000, 10).is_none(), "never read");
+        assert_eq!(counted.cost(), cost, "read_cached never reads");
     }
 }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError};
 use futures::task::AtomicWaker;
 
+use super::block_cache::BlockCache;
 use super::figures::TrackFigures;
 use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
@@ -103,7 +104,7 @@ pub(crate) struct Fetcher {
     /// `None` for a track without an index: it streams as chunks.
     pub(crate) index: Option<Arc<TrackIndex>>,
     /// Where the index reads (cached: index walks re-read overlapping windows).
-    pub(crate) source: Arc<dyn RangeSource>,
+    pub(crate) source: Arc<BlockCache>,
     /// Where media data is read, once.
     pub(crate) data_source: Arc<dyn RangeSource>,
     /// Media handed out ahead of the cursor before the worker waits.
@@ -374,6 +375,9 @@ impl Fetcher {
 
     /// Reads a range of media data, giving up when the subscription ends or a new start comes.
     fn read(&mut self, start: u64, len: u64) -> Result<Bytes, Flow> {
+        if let Some(data) = self.source.read_cached(start, len) {
+            return Ok(data);
+        }
         loop {
             let started = Instant::now();
             match self.data_source.read_range_cancellable(start, len, &self.cancel) {
@@ -459,11 +463,13 @@ impl Fetcher {
                 self.wait_for_room(run)?;
             }
             // The first request covers what the target needs; later ones what the buffer
-            // target needs, within the request size.
+            // target needs and a refill beyond it, within the request size: topping up only
+            // what the cursor freed would cost a round trip per few packets on a far link.
             let horizon = if first {
                 media
             } else {
-                span.to_media(self.cursor(&mut *run).saturating_add(self.buffer_target))
+                let ahead = self.buffer_target.saturating_add(self.refill());
+                span.to_media(self.cursor(&mut *run).saturating_add(ahead))
             };
             let budget = self.sizer.request_bytes();
             let mut count = 0;
@@ -576,6 +582,15 @@ impl Fetcher {
         if bytes > 0 {
             run.in_flight.push_back((end, bytes));
         }
+    }
+
+    /// Media a request adds beyond the buffer target: four round trips' worth, between a
+    /// quarter second and half the target.
+    fn refill(&self) -> MediaTime {
+        let rtts =
+            MediaTime::from_nanos(self.sizer.rtt().as_nanos().saturating_mul(4).min(i64::MAX as u128) as i64);
+        let most = MediaTime::from_nanos(self.buffer_target.as_nanos() / 2);
+        rtts.max(MediaTime::from_millis(250)).min(most.max(MediaTime::from_millis(250)))
     }
 
     /// Where the cursor is for this start: the stream's, but a consumer's clock only once it

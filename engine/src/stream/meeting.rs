@@ -12,6 +12,16 @@ use crate::manifest::{GapPolicy, Manifest, TrackKind};
 use crate::source::{FileSource, RangeSource};
 use crate::time::MediaTime;
 
+/// The order a peer sends tracks' bytes in when the link cannot carry them all: the sound
+/// and the captions (small) before the pictures, so a short link costs video, not the meeting.
+#[cfg(feature = "net")]
+fn send_priority(kind: TrackKind) -> i32 {
+    match kind {
+        TrackKind::Audio | TrackKind::Captions => 2,
+        TrackKind::Video => 0,
+    }
+}
+
 /// One track as the player knows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackDesc {
@@ -137,7 +147,7 @@ impl Meeting {
         let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, StreamError> {
             let track = crate::net::RemoteTrack::new(client.clone(), peer.clone(), &info, &desc.name)
                 .map_err(|e| StreamError::Open { track: desc.name.to_string(), message: e.to_string() })?;
-            Ok(Arc::new(track))
+            Ok(Arc::new(track.with_priority(send_priority(desc.kind))))
         };
         Ok(Meeting { name, duration, tracks, opener: Arc::new(opener), wrapper: None })
     }

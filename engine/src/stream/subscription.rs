@@ -89,7 +89,7 @@ impl Subscription {
         let figures = shared.figures(&desc.name);
         let raw = shared.meeting.open_source(&desc)?;
         let counted: Arc<dyn RangeSource> = Arc::new(CountingSource::sharing(raw, figures.reads.clone()));
-        let source: Arc<dyn RangeSource> = Arc::new(BlockCache::new(counted.clone()));
+        let source = Arc::new(BlockCache::new(counted.clone()));
         let index = match TrackIndex::open(track, source.as_ref()) {
             Ok(index) => Some(Arc::new(index)),
             // No index for these bytes: the track streams as ordered chunks.
