@@ -215,6 +215,13 @@ fn play_lines(player: &Player, start: MediaTime, stop_after: Option<MediaTime>) 
                 eprintln!("track {track} failed: {message}");
                 failed.push(track.to_string());
             }
+            Ok(PlayerEvent::Degraded { track, degraded: true, at }) => eprintln!(
+                "degraded {track}: at {at} the link cannot carry it; it shows keyframes as they come \
+                 and the sound plays on"
+            ),
+            Ok(PlayerEvent::Degraded { track, degraded: false, at }) => {
+                eprintln!("degraded {track}: keeps up again at {at}")
+            }
             Ok(PlayerEvent::Buffering { track, percent }) if percent < 100 => {
                 eprintln!("buffering {track}: {percent}%")
             }

@@ -61,6 +61,8 @@ struct Screen<'a> {
     remote: bool,
     duration: MediaTime,
     figures: HashMap<Arc<str>, TrackFigures>,
+    /// Video tracks the link cannot carry: shown as keyframes only.
+    degraded: std::collections::HashSet<Arc<str>>,
     caption: Option<(MediaTime, MediaTime, String)>,
     captions_on: bool,
     status: String,
@@ -88,6 +90,7 @@ pub fn run(player: &Player, remote: bool, notes: Vec<String>) -> Result<Vec<(Str
         remote,
         duration: player.meeting().duration().unwrap_or(MediaTime::from_secs(1)),
         figures: HashMap::new(),
+        degraded: Default::default(),
         caption: None,
         captions_on: true,
         status: if notes.is_empty() { "playing".to_string() } else { notes.join("; ") },
@@ -216,6 +219,18 @@ impl Screen<'_> {
             PlayerEvent::Damaged { track, message, .. } => {
                 self.status = format!("track {track} damaged: {message}");
             }
+            PlayerEvent::Degraded { track, degraded, .. } => {
+                self.status = if degraded {
+                    format!("degraded {track}: the link cannot carry it; keyframes only, the sound plays on")
+                } else {
+                    format!("{track} keeps up again")
+                };
+                if degraded {
+                    self.degraded.insert(track);
+                } else {
+                    self.degraded.remove(&track);
+                }
+            }
             PlayerEvent::TrackError { track, message } => {
                 self.status = format!("track {track} failed: {message}");
                 self.failed.push((track.to_string(), message));
@@ -278,7 +293,9 @@ impl Screen<'_> {
             row[cursor_col] = '|';
             let label =
                 format!("{} {} {:<14} {:<12}", i + 1, if on { '*' } else { ' ' }, desc.name, who(desc));
-            let bar = if on && desc.kind != TrackKind::Captions {
+            let bar = if on && self.degraded.contains(&desc.name) {
+                "degraded: keyframes only".to_string()
+            } else if on && desc.kind != TrackKind::Captions {
                 let filled = ((figures.buffered.as_secs_f64() / 3.0) * 8.0).round().clamp(0.0, 8.0) as usize;
                 format!(
                     "[{}{}] {:>4.1}s",

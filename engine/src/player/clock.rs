@@ -1,7 +1,8 @@
 //! The meeting clock as the embedder sees it: the cursor (the pipeline's position), and a
 //! watcher that turns its movement into events: tracks entering and leaving their spans,
 //! caption cues becoming current, and buffering (pausing while a track runs dry, resuming by
-//! itself once every track has enough).
+//! itself once every track has enough; a video track the link cannot carry stops holding the
+//! clock, see `degrade`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -17,7 +18,7 @@ const TICK: Duration = Duration::from_millis(40);
 /// A playing track with less than this fetched ahead makes playback wait.
 const LOW_WATER: MediaTime = MediaTime::from_millis(80);
 /// Playback resumes once every track has this much (or its buffer target, if smaller).
-const HIGH_WATER: MediaTime = MediaTime::from_millis(1500);
+pub(crate) const HIGH_WATER: MediaTime = MediaTime::from_millis(1500);
 /// After a seek or resume, the pipeline's own preroll covers the first moments.
 const SETTLE: MediaTime = MediaTime::from_millis(200);
 /// `play` starts the clock once every track has this much ahead of the cursor...
@@ -34,6 +35,7 @@ pub(crate) fn spawn_watcher(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::i
         let mut active: Vec<(Arc<str>, bool)> = Vec::new();
         let mut cues: Vec<(Arc<str>, Option<usize>)> = Vec::new();
         let mut figures_sent = Instant::now();
+        let mut degrader = super::degrade::Degrader::default();
         while !stop.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
             let Some(inner) = inner.upgrade() else { return };
@@ -41,6 +43,7 @@ pub(crate) fn spawn_watcher(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::i
             inner.watch_spans(position, &mut active);
             inner.watch_captions(position, &mut cues);
             inner.watch_buffering(position);
+            degrader.watch(&inner, position);
             if figures_sent.elapsed() >= FIGURES_EVERY {
                 figures_sent = Instant::now();
                 inner.publish_figures(position);
@@ -122,12 +125,13 @@ impl Inner {
     }
 
     /// The track with the least media ahead of `position`, and how much; `None` when every
-    /// track has sent all it has.
+    /// track has sent all it has. Degraded tracks do not count: the clock does not wait for
+    /// them.
     pub(crate) fn lowest_lead(&self, position: MediaTime) -> Option<(Arc<str>, MediaTime)> {
         let mut lowest: Option<(Arc<str>, MediaTime)> = None;
         for (name, stats) in self.media_stats() {
             let until = stats.buffered_until();
-            if until == MediaTime::MAX {
+            if until == MediaTime::MAX || self.is_degraded(&name) {
                 continue;
             }
             let ahead = until.saturating_sub(position);

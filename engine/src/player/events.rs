@@ -45,6 +45,10 @@ pub enum PlayerEvent {
     /// A track's file is damaged at meeting time `at` (byte `offset`): what cannot be decoded
     /// is skipped and the track plays on.
     Damaged { track: Arc<str>, at: MediaTime, offset: u64, message: String },
+    /// The link cannot carry every track: this video track no longer holds the meeting clock
+    /// (`degraded: true`) and shows keyframes as they arrive, or it keeps up again
+    /// (`degraded: false`). At meeting time `at`.
+    Degraded { track: Arc<str>, degraded: bool, at: MediaTime },
     /// A track failed and stopped; the others play on.
     TrackError { track: Arc<str>, message: String },
 }

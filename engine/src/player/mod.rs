@@ -27,6 +27,7 @@
 //! | `elements`  | GStreamer elements, and which Debian package installs a missing one  |
 //! | `seek`      | seek modes and per-track seek latency                                |
 //! | `clock`     | the cursor's events: spans, captions, buffering                     |
+//! | `degrade`   | video that gives way when the link cannot carry every track          |
 //! | `events`    | the event stream                                                     |
 //!
 //! # Known limits
@@ -67,6 +68,7 @@ use gstreamer::prelude::*;
 mod audio;
 mod branch;
 mod clock;
+mod degrade;
 mod elements;
 mod events;
 mod export;
@@ -235,6 +237,8 @@ pub(crate) struct Inner {
     window: Option<Arc<window::GridWindow>>,
     /// Furthest meeting time rendered (nanoseconds): the cursor when not realtime.
     rendered_until: Arc<AtomicI64>,
+    /// Video tracks the clock does not wait for: the link cannot carry them (see `degrade`).
+    degraded: Mutex<Vec<Arc<str>>>,
 }
 
 /// Plays one meeting. Dropping it stops everything it started.
@@ -302,6 +306,7 @@ impl Player {
             threads: Mutex::new(Vec::new()),
             window,
             rendered_until: Arc::new(AtomicI64::new(0)),
+            degraded: Mutex::new(Vec::new()),
         });
         let player = Player { inner: inner.clone() };
         let weak = Arc::downgrade(&inner);
@@ -555,6 +560,58 @@ impl Inner {
                 Runtime::Captions { .. } => None,
             })
             .collect()
+    }
+
+    pub(crate) fn track_kind(&self, track: &str) -> Option<TrackKind> {
+        lock(&self.tracks).iter().map(Runtime::desc).find(|d| &*d.name == track).map(|d| d.kind)
+    }
+
+    /// Media fetched ahead of `position` on `track`; `None` once it has sent all it has.
+    pub(crate) fn lead(&self, track: &str, position: MediaTime) -> Option<MediaTime> {
+        let stats = lock(&self.stats).get(track).cloned()?;
+        let until = stats.buffered_until();
+        (until != MediaTime::MAX).then(|| until.saturating_sub(position))
+    }
+
+    /// Every subscribed audio track (one at least) has enough to resume.
+    pub(crate) fn audio_ready(&self, position: MediaTime) -> bool {
+        let high = clock::HIGH_WATER.min(self.options.buffer_target);
+        let audio: Vec<Arc<str>> = lock(&self.tracks)
+            .iter()
+            .map(Runtime::desc)
+            .filter(|d| d.kind == TrackKind::Audio)
+            .map(|d| d.name.clone())
+            .collect();
+        !audio.is_empty() && audio.iter().all(|t| self.lead(t, position).is_none_or(|lead| lead >= high))
+    }
+
+    pub(crate) fn is_degraded(&self, track: &str) -> bool {
+        lock(&self.degraded).iter().any(|t| &**t == track)
+    }
+
+    pub(crate) fn degraded_tracks(&self) -> Vec<Arc<str>> {
+        lock(&self.degraded).clone()
+    }
+
+    /// The clock stops (or starts again) waiting for a video track, which catches up at its
+    /// keyframes meanwhile.
+    pub(crate) fn set_degraded(&self, track: &Arc<str>, on: bool, at: MediaTime) {
+        {
+            let mut degraded = lock(&self.degraded);
+            degraded.retain(|t| t != track);
+            if on {
+                degraded.push(track.clone());
+            }
+        }
+        for runtime in lock(&self.tracks).iter() {
+            if let Runtime::Media { desc, subscription, .. } = runtime {
+                if desc.name == *track {
+                    subscription.set_catch_up(on);
+                }
+            }
+        }
+        tracing::info!(%track, degraded = on, %at, "the link cannot carry every track");
+        self.events.send(PlayerEvent::Degraded { track: track.clone(), degraded: on, at });
     }
 
     /// Pauses while a track runs dry; resumes when all have enough.

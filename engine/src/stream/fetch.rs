@@ -44,6 +44,8 @@ const REORDER_LOOKAHEAD: usize = 16;
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
 /// Frames a reordering decoder may hold back: not yet playable when handed out.
 const REORDER_HELD: i64 = 3;
+/// A video frame this far behind the cursor is late: with catch-up on, it is not fetched.
+const LATE: MediaTime = MediaTime::from_millis(100);
 /// Bytes per chunk of a track without an index.
 const CHUNK: u64 = 256 * 1024;
 
@@ -124,6 +126,8 @@ pub(crate) struct Fetcher {
     pub(crate) cancel: Arc<Cancel>,
     /// Cleared when the subscription is dropped.
     pub(crate) alive: Arc<AtomicBool>,
+    /// Late video frames are dropped up to the next keyframe (`Subscription::set_catch_up`).
+    pub(crate) catch_up: Arc<AtomicBool>,
     pub(crate) sizer: RequestSizer,
 }
 
@@ -439,6 +443,9 @@ impl Fetcher {
                 }
                 next_pos = batch.next;
             }
+            if !first && self.drop_late(run, span, &mut pending) && pending.is_empty() {
+                continue;
+            }
             let Some(head) = pending.front().copied() else {
                 // The samples ran out: fine at the end of the media, or after damage already
                 // reported; damage anywhere else.
@@ -522,6 +529,32 @@ impl Fetcher {
             }
             pending.drain(..count);
         }
+    }
+
+    /// With catch-up on, a video track's delta frames the cursor has passed are dropped
+    /// before they are fetched, and so is every delta frame after them up to the next
+    /// keyframe (they would decode against missing references); that keyframe starts the
+    /// decoder afresh. True when something was dropped.
+    fn drop_late(&self, run: &mut Run, span: &Span, pending: &mut VecDeque<Sample>) -> bool {
+        if self.desc.kind != TrackKind::Video || !self.catch_up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let cursor = span.to_media(self.cursor(run));
+        let mut dropped = false;
+        while let Some(sample) = pending.front() {
+            let late = sample.pts.saturating_add(LATE) < cursor;
+            if sample.keyframe || !(late || run.skipping) {
+                break;
+            }
+            pending.pop_front();
+            run.skipping = true;
+            dropped = true;
+        }
+        if pending.front().is_some_and(|s| s.keyframe) && run.skipping {
+            run.skipping = false;
+            run.discont = true;
+        }
+        dropped
     }
 
     /// Whether a sample the index listed is sent. After bytes the index skipped (damage) a

@@ -31,6 +31,8 @@ pub(crate) struct Control {
     alive: Arc<AtomicBool>,
     /// Wakes a worker waiting for room when the consumer took something.
     nudge: Sender<()>,
+    /// See [`Subscription::set_catch_up`].
+    catch_up: Arc<AtomicBool>,
 }
 
 impl Control {
@@ -107,8 +109,14 @@ impl Subscription {
         let alive = Arc::new(AtomicBool::new(true));
         let waker = Arc::new(AtomicWaker::new());
         let (nudge_tx, nudge_rx) = crossbeam_channel::bounded(1);
-        let control =
-            Control { commands: command_tx, cancel: cancel.clone(), alive: alive.clone(), nudge: nudge_tx };
+        let catch_up = Arc::new(AtomicBool::new(false));
+        let control = Control {
+            commands: command_tx,
+            cancel: cancel.clone(),
+            alive: alive.clone(),
+            nudge: nudge_tx,
+            catch_up: catch_up.clone(),
+        };
         let fetcher = Fetcher {
             desc: desc.clone(),
             index: index.clone(),
@@ -124,6 +132,7 @@ impl Subscription {
             shared: Arc::downgrade(&shared),
             cancel,
             alive,
+            catch_up,
             sizer: super::RequestSizer::new(),
         };
         if let Some((at, ticket)) = start {
@@ -182,6 +191,14 @@ impl Subscription {
     /// Restarts this track with only the keyframe at or before `t` (a preview).
     pub fn restart_keyframe(&self, t: MediaTime, ticket: SeekTicket) {
         self.control.restart(ticket, t.max(MediaTime::ZERO), StartMode::Keyframe);
+    }
+
+    /// Whether a video track that falls behind the cursor drops its late frames and picks up
+    /// again at the next keyframe, fetching nothing in between: for a real-time consumer whose
+    /// link cannot carry every track, a frozen picture that catches up rather than a clock
+    /// that waits. Off by default (an export wants every frame).
+    pub fn set_catch_up(&self, on: bool) {
+        self.control.catch_up.store(on, Ordering::Relaxed);
     }
 
     /// The meeting time of the keyframe at or before `t` in the span showing `t` (never

@@ -1,0 +1,71 @@
+//! Video that gives way when the link cannot carry every track: the sound and the meeting
+//! clock keep real time, a starving video track stops holding the clock and shows keyframes
+//! as they arrive (its late frames are not fetched, see `Subscription::set_catch_up`), then
+//! rejoins by itself once it keeps a lead again.
+//!
+//! A track is degraded after playback has waited on it for [`DEGRADE_AFTER`] while every
+//! audio track was ready: a short wait stays a wait (a seek, a moment of loss). It recovers
+//! after keeping [`RECOVER_LEAD`] for a while, a while that doubles each time it has to be
+//! degraded again, so a link just short of the bitrate does not stall every few seconds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Inner;
+use crate::manifest::TrackKind;
+use crate::time::MediaTime;
+
+/// How long playback waits on a video track, the audio ready, before it plays on without it.
+const DEGRADE_AFTER: Duration = Duration::from_millis(1500);
+/// The lead a degraded track must keep to rejoin...
+const RECOVER_LEAD: MediaTime = MediaTime::from_millis(1500);
+/// ...for this long the first time (doubling each time after, up to [`RECOVER_MOST`]).
+const RECOVER_AFTER: Duration = Duration::from_secs(3);
+const RECOVER_MOST: Duration = Duration::from_secs(60);
+
+/// The watcher's memory of stalls and degraded tracks.
+#[derive(Debug, Default)]
+pub(crate) struct Degrader {
+    stalled_since: Option<Instant>,
+    /// Per track: times degraded, and since when its lead has held (while degraded).
+    tracks: HashMap<Arc<str>, (u32, Option<Instant>)>,
+}
+
+impl Degrader {
+    pub(crate) fn watch(&mut self, inner: &Inner, position: MediaTime) {
+        let (playing, buffering, _) = inner.play_state();
+        if !playing || !inner.options.realtime {
+            self.stalled_since = None;
+            return;
+        }
+        if buffering {
+            let since = *self.stalled_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= DEGRADE_AFTER {
+                if let Some((track, _)) = inner.lowest_lead(position) {
+                    if inner.track_kind(&track) == Some(TrackKind::Video) && inner.audio_ready(position) {
+                        self.tracks.entry(track.clone()).or_default().0 += 1;
+                        inner.set_degraded(&track, true, position);
+                        self.stalled_since = None;
+                    }
+                }
+            }
+        } else {
+            self.stalled_since = None;
+        }
+        for track in inner.degraded_tracks() {
+            let entry = self.tracks.entry(track.clone()).or_default();
+            if inner.lead(&track, position).is_none_or(|lead| lead < RECOVER_LEAD) {
+                entry.1 = None;
+                continue;
+            }
+            let held = *entry.1.get_or_insert_with(Instant::now);
+            let needed =
+                RECOVER_AFTER.saturating_mul(1 << entry.0.saturating_sub(1).min(5)).min(RECOVER_MOST);
+            if held.elapsed() >= needed {
+                entry.1 = None;
+                inner.set_degraded(&track, false, position);
+            }
+        }
+    }
+}
