@@ -17,6 +17,9 @@ PACKAGES=(
   ffmpeg
   # The seek benchmark's HTTP baseline: GStreamer reading range requests from nginx on loopback.
   nginx-light
+  # The shaped link (tests/src/link.rs): network namespaces, and ping as its round-trip oracle.
+  iproute2
+  iputils-ping
   # The window test: a virtual display and a screenshot of it; the screen test: a terminal.
   xvfb
   x11-apps

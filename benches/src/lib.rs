@@ -9,12 +9,14 @@
 //! | `nginx`    | nginx on loopback, the HTTP range server of the baseline               |
 //! | `ours`     | tandem's player logging what it renders, in the baseline's shape        |
 //! | `peer`     | a loopback peer serving folders, and a client                          |
+//! | `seeks`    | seeks timed from what a player renders (ours and the baseline's)        |
 
 pub mod gst_play;
 pub mod nginx;
 pub mod ours;
 pub mod peer;
 pub mod report;
+pub mod seeks;
 pub mod tracks;
 
 use std::path::{Path, PathBuf};

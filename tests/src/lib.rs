@@ -1,9 +1,13 @@
 //! Shared helpers for the workspace integration tests: ffprobe as the oracle for our indexes,
 //! ffmpeg to make files from muxers we did not write, and paths to the committed fixtures.
 //!
+//! `link` makes shaped network links (two namespaces, delay, rate, loss) for the tests and
+//! benchmarks that measure tandem over a far peer.
+//!
 //! These helpers fail loudly when a tool is missing: a test that needs ffprobe must not pass
 //! by skipping.
 
+pub mod link;
 pub mod player;
 
 use std::path::{Path, PathBuf};
