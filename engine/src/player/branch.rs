@@ -38,6 +38,19 @@ pub(crate) struct Branch {
     pub(crate) elements: Vec<gst::Element>,
 }
 
+impl Branch {
+    /// Whether the pipeline waits for this branch's sink to have a buffer before it plays
+    /// (GStreamer's preroll, on every pause and resume). A degraded track's sink may have
+    /// nothing for seconds: it must not hold the others (see `degrade`).
+    pub(crate) fn hold_preroll(&self, on: bool) {
+        if let Some(sink) = self.elements.last() {
+            if sink.has_property("async") {
+                sink.set_property("async", on);
+            }
+        }
+    }
+}
+
 /// Caps of what the appsrc pushes, and whether the engine decodes the audio itself.
 fn source_caps(info: &TrackInfo, engine_audio: bool) -> Result<gst::Caps, String> {
     let config = || info.codec_config.as_ref().map(|c| gst::Buffer::from_slice(c.clone()));

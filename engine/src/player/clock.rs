@@ -42,8 +42,9 @@ pub(crate) fn spawn_watcher(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::i
             let Some(position) = inner.position() else { continue };
             inner.watch_spans(position, &mut active);
             inner.watch_captions(position, &mut cues);
-            inner.watch_buffering(position);
+            // Before the buffering check: a track that gives way does not stall the clock.
             degrader.watch(&inner, position);
+            inner.watch_buffering(position);
             if figures_sent.elapsed() >= FIGURES_EVERY {
                 figures_sent = Instant::now();
                 inner.publish_figures(position);

@@ -4,7 +4,9 @@
 //! rejoins by itself once it keeps a lead again.
 //!
 //! A track is degraded after playback has waited on it for [`DEGRADE_AFTER`] while every
-//! audio track was ready: a short wait stays a wait (a seek, a moment of loss). It recovers
+//! audio track was ready: a short wait stays a wait (a seek, a moment of loss). Once the link
+//! has shown it is short (a track is degraded), another video track about to run dry gives
+//! way before it stalls anything. A degraded track recovers
 //! after keeping [`RECOVER_LEAD`] for a while, a while that doubles each time it has to be
 //! degraded again, so a link just short of the bitrate does not stall every few seconds.
 
@@ -18,6 +20,9 @@ use crate::time::MediaTime;
 
 /// How long playback waits on a video track, the audio ready, before it plays on without it.
 const DEGRADE_AFTER: Duration = Duration::from_millis(1500);
+/// Once one track is degraded, another video track with less than this ahead gives way
+/// before it stalls the clock.
+const SOON_DRY: MediaTime = MediaTime::from_millis(300);
 /// The lead a degraded track must keep to rejoin...
 const RECOVER_LEAD: MediaTime = MediaTime::from_millis(1500);
 /// ...for this long the first time (doubling each time after, up to [`RECOVER_MOST`]).
@@ -39,6 +44,20 @@ impl Degrader {
             self.stalled_since = None;
             return;
         }
+        if !buffering && !inner.degraded_tracks().is_empty() {
+            // The link has already shown it cannot carry every track: a video track about to
+            // run dry gives way at once rather than after a stall (a pipeline that paused
+            // waits for every sink to preroll again before it plays).
+            if let Some((track, lead)) = inner.lowest_lead(position) {
+                if lead < SOON_DRY
+                    && inner.track_kind(&track) == Some(TrackKind::Video)
+                    && inner.audio_ready(position)
+                {
+                    self.tracks.entry(track.clone()).or_default().0 += 1;
+                    inner.set_degraded(&track, true, position);
+                }
+            }
+        }
         if buffering {
             let since = *self.stalled_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= DEGRADE_AFTER {
@@ -55,7 +74,9 @@ impl Degrader {
         }
         for track in inner.degraded_tracks() {
             let entry = self.tracks.entry(track.clone()).or_default();
-            if inner.lead(&track, position).is_none_or(|lead| lead < RECOVER_LEAD) {
+            // While the clock waits for another track, any track's lead grows: only a lead
+            // kept while playing shows the link carries it.
+            if buffering || inner.lead(&track, position).is_none_or(|lead| lead < RECOVER_LEAD) {
                 entry.1 = None;
                 continue;
             }

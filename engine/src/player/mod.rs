@@ -604,9 +604,10 @@ impl Inner {
             }
         }
         for runtime in lock(&self.tracks).iter() {
-            if let Runtime::Media { desc, subscription, .. } = runtime {
+            if let Runtime::Media { desc, subscription, branch, .. } = runtime {
                 if desc.name == *track {
                     subscription.set_catch_up(on);
+                    branch.hold_preroll(!on);
                 }
             }
         }

@@ -1,0 +1,204 @@
+//! Playback from a peer through shaped links (`tandem_tests::link`: two network namespaces,
+//! IP packets delayed, paced and dropped), judged by what the player hands its outputs: the
+//! audio samples and the video frames, stamped with their meeting time and the wall time they
+//! arrived.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Result};
+use tandem::player::{Meeting, Player, PlayerEvent, PlayerOptions};
+use tandem::MediaTime;
+use tandem_tests::link::{meeting_bitrate, ServedPeer, Shape, ShapedLink};
+use tandem_tests::player::{video_oracle, Recorder, SeenAudio, SeenFrame};
+
+/// What a person on the other side of a shaped link gets in `watch` of wall time after
+/// `play`.
+struct Watched {
+    audio: Vec<SeenAudio>,
+    frames: Vec<SeenFrame>,
+    /// Each event and when it came.
+    events: Vec<(Instant, PlayerEvent)>,
+    played_from: Instant,
+    watch: Duration,
+}
+
+/// Plays the committed meeting from a peer through `shape`; `then` changes the link that long
+/// after the start (opening included).
+fn play_through(shape: Shape, watch: Duration, then: Option<(Duration, Shape)>) -> Result<Watched> {
+    let root = tandem_tests::workspace_root().join("fixtures");
+    let link = ShapedLink::new(shape)?;
+    let server = ServedPeer::start(link.b(), &root)?;
+    let peer = server.peer();
+    let recorder = Recorder::default();
+    let output = recorder.output();
+    let verbose = std::env::var_os("TANDEM_TEST_VERBOSE").is_some();
+    let player = link.a().spawn(move || -> Result<(Vec<(Instant, PlayerEvent)>, Instant)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let client = runtime.block_on(tandem::net::Client::builder().spawn())?;
+        let meeting = runtime.block_on(Meeting::from_peer(&client, &peer, "meeting"))?;
+        let player = Player::open(meeting, PlayerOptions { output, ..PlayerOptions::default() })?;
+        let events = player.events();
+        player.play()?;
+        let played_from = Instant::now();
+        let mut seen = Vec::new();
+        while played_from.elapsed() < watch {
+            if let Ok(event) = events.recv_timeout(Duration::from_millis(100)) {
+                if verbose && !matches!(event, PlayerEvent::Buffer { .. }) {
+                    println!(
+                        "+{:.2}s at {} {event:?}",
+                        played_from.elapsed().as_secs_f64(),
+                        player.position()
+                    );
+                }
+                seen.push((Instant::now(), event));
+            }
+        }
+        drop(player);
+        runtime.block_on(client.close());
+        Ok((seen, played_from))
+    })?;
+    if let Some((after, next)) = then {
+        std::thread::sleep(after);
+        link.set_shape(next);
+    }
+    let (events, played_from) = player.join().map_err(|_| anyhow!("the player's thread panicked"))??;
+    let audio = recorder.audio_since(0).into_iter().filter(|a| &*a.track == "mixed_audio").collect();
+    Ok(Watched { audio, frames: recorder.frames_since(0), events, played_from, watch })
+}
+
+/// Wall time in `[from, to)` during which no audio was being played: the stretches between
+/// one chunk's end (its arrival plus its length) and the next chunk's arrival.
+fn silent_time(audio: &[SeenAudio], from: Instant, to: Instant) -> Duration {
+    let mut chunks: Vec<(Instant, Duration)> = audio
+        .iter()
+        .filter(|a| a.at >= from && a.at < to && a.rate > 0)
+        .map(|a| (a.at, Duration::from_secs_f64(a.mono.len() as f64 / f64::from(a.rate))))
+        .collect();
+    chunks.sort_by_key(|c| c.0);
+    let mut silent = Duration::ZERO;
+    // The audio sink is handed chunks ahead of their time: playing lasts until the end of the
+    // sound handed over so far.
+    let mut playing_until = from;
+    for (at, length) in chunks {
+        if at > playing_until + Duration::from_millis(100)
+            && std::env::var_os("TANDEM_TEST_VERBOSE").is_some()
+        {
+            println!("silent {:?} for {:?}", playing_until - from, at - playing_until);
+        }
+        if at > playing_until {
+            silent += at - playing_until;
+            playing_until = at;
+        }
+        playing_until += length;
+    }
+    silent + to.saturating_duration_since(playing_until)
+}
+
+#[test]
+fn a_link_short_of_the_meeting_bitrate_costs_video_not_the_sound() -> Result<()> {
+    let folder = tandem_tests::workspace_root().join("fixtures/meeting");
+    let bitrate = meeting_bitrate(&folder)?;
+    // 30 s short of the bitrate, then the link is unshaped: the video must come back.
+    let watched = play_through(
+        Shape::short(bitrate),
+        Duration::from_secs(45),
+        Some((Duration::from_secs(32), Shape::loopback())),
+    )?;
+    // The first seconds are the start (the meeting opens, the buffers fill): judged after.
+    let from = watched.played_from + Duration::from_secs(6);
+    let to = watched.played_from + Duration::from_secs(28);
+    let silent = silent_time(&watched.audio, from, to);
+    let heard: MediaTime = watched
+        .audio
+        .iter()
+        .filter(|a| a.at >= from && a.at < to)
+        .map(|a| MediaTime::from_nanos((a.mono.len() as f64 / f64::from(a.rate.max(1)) * 1e9) as i64))
+        .fold(MediaTime::ZERO, |sum, d| sum.saturating_add(d));
+    let degrades: Vec<(Instant, Arc<str>, bool)> = watched
+        .events
+        .iter()
+        .filter_map(|(at, e)| match e {
+            PlayerEvent::Degraded { track, degraded, .. } => Some((*at, track.clone(), *degraded)),
+            _ => None,
+        })
+        .collect();
+    let stalls = watched
+        .events
+        .iter()
+        .filter(|(at, e)| *at >= from && *at < to && matches!(e, PlayerEvent::Buffering { .. }))
+        .count();
+    let window = to - from;
+    println!(
+        "link {:.0} kbit/s (0.8x the meeting's {:.0}): {:.1} s of sound in {:.1} s of wall time, silent {:.2} s; \
+         {stalls} buffering reports; degraded and back: {:?}",
+        bitrate as f64 * 0.8 / 1e3,
+        bitrate as f64 / 1e3,
+        heard.as_secs_f64(),
+        window.as_secs_f64(),
+        silent.as_secs_f64(),
+        degrades.iter().map(|(at, t, on)| (format!("+{:.1}s", (*at - watched.played_from).as_secs_f64()), t, on)).collect::<Vec<_>>()
+    );
+    ensure!(!watched.audio.is_empty(), "no audio reached the output");
+    ensure!(
+        silent <= window / 50,
+        "the audio was silent {silent:?} of {window:?}: the link should cost video, not the sound"
+    );
+    ensure!(
+        heard.as_secs_f64() >= window.as_secs_f64() * 0.95,
+        "{heard} of sound in {window:?}: the meeting did not keep real time"
+    );
+    ensure!(degrades.iter().any(|(_, _, on)| *on), "no video track gave way on a link short of the bitrate");
+    // Every picture shown is a frame of the file at its time (dropping late frames up to a
+    // keyframe leaves no broken picture), read from its stamp against the decoded file.
+    let oracle = video_oracle(&folder)?;
+    for frame in watched.frames.iter().filter(|f| !f.preroll) {
+        let Some(track) = oracle.get(&*frame.track) else { continue };
+        // A frame's time as the container rounds it may sit a nanosecond before the decoder's.
+        let want = track.on_screen_at(frame.pts.saturating_add(MediaTime::from_millis(1)));
+        ensure!(
+            frame.stamp.is_some() && frame.stamp == want,
+            "{} showed stamp {:?} at {}, the file has {want:?} there",
+            frame.track,
+            frame.stamp,
+            frame.pts
+        );
+    }
+    // Degraded tracks still show keyframes as they come...
+    for (at, track, _) in degrades.iter().filter(|(_, _, on)| *on) {
+        let shown = watched.frames.iter().filter(|f| f.track == *track && f.at > *at && f.at < to).count();
+        ensure!(shown > 0, "{track} showed nothing after it was degraded");
+    }
+    // ...and every one is back by the end, the link carrying them again (the video's
+    // bitrate varies, so a track may come back sooner, while the link is still short).
+    for track in degrades.iter().filter(|(_, _, on)| *on).map(|(_, t, _)| t) {
+        let last = degrades.iter().rev().find(|(_, t, _)| t == track).map(|(at, _, on)| (*at, *on));
+        ensure!(
+            matches!(last, Some((_, false))),
+            "{track} did not come back once the link could carry it: last {last:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn silent_time_counts_the_stretches_without_sound() -> Result<()> {
+    let t0 = Instant::now();
+    let chunk = |at_ms: u64, ms: usize| SeenAudio {
+        track: Arc::from("a"),
+        pts: MediaTime::ZERO,
+        clock: None,
+        rate: 1000,
+        mono: vec![0.0; ms],
+        seek: 0,
+        at: t0 + Duration::from_millis(at_ms),
+    };
+    // 0-100 played, 100-300 silent, 300-400 played, 400-500 silent (to the end).
+    let audio = [chunk(0, 100), chunk(300, 100)];
+    let silent = silent_time(&audio, t0, t0 + Duration::from_millis(500));
+    ensure!(silent == Duration::from_millis(300), "{silent:?}");
+    let ahead = [chunk(0, 300), chunk(100, 300)];
+    let silent = silent_time(&ahead, t0, t0 + Duration::from_millis(500));
+    ensure!(silent == Duration::ZERO, "chunks handed over ahead play back to back: {silent:?}");
+    Ok(())
+}
