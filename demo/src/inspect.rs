@@ -25,7 +25,7 @@ enum Target {
     Local(FileSource),
     /// The runtime carries the remote reads; declared after the track so it is dropped last.
     Remote {
-        track: RemoteTrack,
+        track: Box<RemoteTrack>,
         _runtime: tokio::runtime::Runtime,
     },
 }
@@ -39,13 +39,13 @@ impl Target {
             return Ok((Target::Local(src), name));
         }
         let (runtime, remote) = peer::open_remote_track(target, dial)?;
-        Ok((Target::Remote { track: remote, _runtime: runtime }, target.to_string()))
+        Ok((Target::Remote { track: Box::new(remote), _runtime: runtime }, target.to_string()))
     }
 
     fn source(&self) -> &dyn RangeSource {
         match self {
             Target::Local(src) => src,
-            Target::Remote { track, .. } => track,
+            Target::Remote { track, .. } => track.as_ref(),
         }
     }
 }

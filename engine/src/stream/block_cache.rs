@@ -25,6 +25,9 @@ pub(crate) struct BlockCache {
 }
 
 impl BlockCache {
+    /// The longest read whose blocks are kept.
+    pub(crate) const MOST_KEPT: u64 = BLOCK * CAPACITY as u64 / 2;
+
     pub(crate) fn new(inner: Arc<dyn RangeSource>) -> BlockCache {
         BlockCache { inner, blocks: Mutex::new(VecDeque::with_capacity(CAPACITY)) }
     }

@@ -26,6 +26,7 @@ use super::block_cache::BlockCache;
 use super::figures::TrackFigures;
 use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
+use super::read_ahead::ReadAhead;
 use super::timeline::{Place, Span};
 use super::{RequestSizer, Shared};
 use crate::index::{Codec, ReadPos, Sample, TrackIndex};
@@ -44,6 +45,10 @@ const REORDER_LOOKAHEAD: usize = 16;
 const OPUS_PREROLL: MediaTime = MediaTime::from_millis(80);
 /// Frames a reordering decoder may hold back: not yet playable when handed out.
 const REORDER_HELD: i64 = 3;
+/// An index walk that waits this long on the link fetches media: read ahead of it.
+const WALK_WAITS: Duration = Duration::from_millis(20);
+/// The least a read ahead asks for.
+const READ_AHEAD_LEAST: u64 = 64 * 1024;
 /// A video frame this far behind the cursor is late: with catch-up on, it is not fetched.
 const LATE: MediaTime = MediaTime::from_millis(100);
 /// Bytes per chunk of a track without an index.
@@ -129,6 +134,28 @@ pub(crate) struct Fetcher {
     /// Late video frames are dropped up to the next keyframe (`Subscription::set_catch_up`).
     pub(crate) catch_up: Arc<AtomicBool>,
     pub(crate) sizer: RequestSizer,
+    pub(crate) waits: RecentWaits,
+}
+
+/// The longest of the last few waits on the link (reads, index walks that read).
+#[derive(Debug, Default)]
+pub(crate) struct RecentWaits {
+    recent: VecDeque<Duration>,
+}
+
+impl RecentWaits {
+    const KEPT: usize = 16;
+
+    fn note(&mut self, wait: Duration) {
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(wait);
+    }
+
+    fn longest(&self) -> Duration {
+        self.recent.iter().copied().max().unwrap_or_default()
+    }
 }
 
 /// State of one start's walk.
@@ -387,6 +414,7 @@ impl Fetcher {
             match self.data_source.read_range_cancellable(start, len, &self.cancel) {
                 Ok(data) => {
                     self.sizer.record(data.len() as u64, started.elapsed());
+                    self.waits.note(started.elapsed());
                     self.figures.throughput.store(self.sizer.throughput().to_bits(), Ordering::Relaxed);
                     self.figures.rtt.store(self.sizer.rtt().as_nanos() as u64, Ordering::Relaxed);
                     return Ok(data);
@@ -424,6 +452,8 @@ impl Fetcher {
         let mut pending: VecDeque<Sample> = VecDeque::new();
         let mut next_pos: Option<ReadPos> = Some(keyframe.pos);
         let mut first = true;
+        // Started the first time the index walk waits on the link (see `read_ahead`).
+        let mut read_ahead: Option<ReadAhead> = None;
         run.skipping = false;
         run.truncated = false;
         run.media_end = media;
@@ -431,7 +461,15 @@ impl Fetcher {
             // Keep enough samples indexed to find presentation order and fill a request.
             while pending.len() < INDEX_BATCH / 2 {
                 let Some(pos) = next_pos else { break };
+                let asked = Instant::now();
                 let batch = index.samples(src, pos, INDEX_BATCH).map_err(failed)?;
+                // An index walk fetches the media it walks (Matroska clusters, Ogg pages): a
+                // wait on the link like any read, and from now on worth reading ahead of.
+                let waited = asked.elapsed();
+                self.waits.note(waited);
+                if waited >= WALK_WAITS && read_ahead.is_none() {
+                    read_ahead = Some(ReadAhead::new(&self.desc.name, self.source.clone()));
+                }
                 if batch.samples.is_empty() {
                     next_pos = None;
                     break;
@@ -442,6 +480,14 @@ impl Fetcher {
                     }
                 }
                 next_pos = batch.next;
+            }
+            if let (Some(ahead), Some(from), Some(to)) = (&read_ahead, pending.front(), pending.back()) {
+                // The stretch after the samples walked, as long as the buffer target holds at
+                // their byte rate.
+                let bytes: u64 = pending.iter().map(|s| s.size).sum();
+                let lasts = to.pts.saturating_sub(from.pts).as_secs_f64().max(0.5);
+                let len = (bytes as f64 / lasts * self.target().as_secs_f64()) as u64;
+                ahead.want(to.end(), len.max(READ_AHEAD_LEAST));
             }
             if !first && self.drop_late(run, span, &mut pending) && pending.is_empty() {
                 continue;
@@ -475,7 +521,7 @@ impl Fetcher {
             let horizon = if first {
                 media
             } else {
-                let ahead = self.buffer_target.saturating_add(self.refill());
+                let ahead = self.target().saturating_add(self.refill());
                 span.to_media(self.cursor(&mut *run).saturating_add(ahead))
             };
             let budget = self.sizer.request_bytes();
@@ -617,13 +663,26 @@ impl Fetcher {
         }
     }
 
-    /// Media a request adds beyond the buffer target: four round trips' worth, between a
-    /// quarter second and half the target.
+    /// The media kept ahead of the cursor: the stream's target, or three times the longest
+    /// recent wait on the link if that is more (a lossy far link makes a read last seconds
+    /// now and then; the buffer must outlast it), at most four times the stream's target.
+    /// The byte bound holds whatever this says.
+    fn target(&self) -> MediaTime {
+        let outlast = MediaTime::from_nanos(
+            self.waits.longest().as_nanos().saturating_mul(3).min(i64::MAX as u128) as i64,
+        );
+        let most = MediaTime::from_nanos(self.buffer_target.as_nanos().saturating_mul(4));
+        self.buffer_target.max(outlast.min(most))
+    }
+
+    /// Media a request adds beyond the buffer target: four round trips' worth, at most half
+    /// the target. Nothing on a near link, where small top-ups cost nothing and keep the
+    /// packets flowing evenly (bursts of a quarter second made frames late on a loaded
+    /// machine).
     fn refill(&self) -> MediaTime {
         let rtts =
             MediaTime::from_nanos(self.sizer.rtt().as_nanos().saturating_mul(4).min(i64::MAX as u128) as i64);
-        let most = MediaTime::from_nanos(self.buffer_target.as_nanos() / 2);
-        rtts.max(MediaTime::from_millis(250)).min(most.max(MediaTime::from_millis(250)))
+        rtts.min(MediaTime::from_nanos(self.target().as_nanos() / 2))
     }
 
     /// Where the cursor is for this start: the stream's, but a consumer's clock only once it
@@ -657,7 +716,7 @@ impl Fetcher {
             }
             let bytes: u64 = run.in_flight.iter().map(|(_, b)| b).sum();
             self.figures.buffered_bytes.store(bytes, Ordering::Relaxed);
-            if run.sent_until.saturating_sub(cursor) < self.buffer_target && bytes < self.buffer_bytes {
+            if run.sent_until.saturating_sub(cursor) < self.target() && bytes < self.buffer_bytes {
                 return Ok(());
             }
             if !self.alive.load(Ordering::Relaxed) {

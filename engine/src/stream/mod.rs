@@ -22,6 +22,7 @@
 //! | `sizer`        | request sizes from the link's throughput and round trip            |
 //! | `figures`      | a track's fetch and buffer figures                                 |
 //! | `block_cache`  | a small cache in front of a source for the index's own reads       |
+//! | `read_ahead`   | fetches the stretch after the one an index walk is on, meanwhile   |
 //!
 //! The consumer owns time: buffers are measured ahead of the cursor, so read-ahead is bounded
 //! whoever consumes, and a consumer that stops taking packets stops the network reads
@@ -58,6 +59,7 @@ mod fetch;
 mod figures;
 mod item;
 mod meeting;
+mod read_ahead;
 mod sizer;
 mod subscription;
 mod timeline;

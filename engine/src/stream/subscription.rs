@@ -134,6 +134,7 @@ impl Subscription {
             alive,
             catch_up,
             sizer: super::RequestSizer::new(),
+            waits: Default::default(),
         };
         if let Some((at, ticket)) = start {
             control.restart(ticket, at, StartMode::Accurate);
