@@ -340,37 +340,12 @@ impl Screen<'_> {
     }
 }
 
-/// A cue's text for a terminal: a WebVTT voice tag becomes `name: `, other tags go, lines
-/// join with ` / `.
-pub fn plain_caption(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(open) = rest.find('<') {
-        out.push_str(&rest[..open]);
-        let Some(close) = rest[open..].find('>') else {
-            out.push_str(&rest[open..]);
-            rest = "";
-            break;
-        };
-        let tag = &rest[open + 1..open + close];
-        // `<v alice>` or `<v.loud alice>`: the name follows the first space.
-        if let Some(voice) = tag.strip_prefix('v').filter(|r| r.starts_with([' ', '.'])) {
-            let name = voice.split_once(' ').map_or("", |(_, n)| n).trim();
-            if !name.is_empty() {
-                out.push_str(name);
-                out.push_str(": ");
-            }
-        }
-        rest = &rest[open + close + 1..];
-    }
-    out.push_str(rest);
-    out.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ")
-}
+pub use tandem::index::subtitles::plain_caption;
 
 fn who(desc: &TrackDesc) -> String {
     match &desc.participant {
         Some(p) => format!("{p} {}", desc.role),
-        None => desc.role.clone(),
+        None => desc.role.to_string(),
     }
 }
 
@@ -378,17 +353,4 @@ fn who(desc: &TrackDesc) -> String {
 fn short(t: MediaTime) -> String {
     let tenths = t.as_millis().max(0) / 100;
     format!("{}:{:02}.{}", tenths / 600, tenths / 10 % 60, tenths % 10)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plain_caption;
-
-    #[test]
-    fn voice_tags_become_names_and_other_tags_go() {
-        assert_eq!(plain_caption("<v alice>Good morning, <i>all</i></v>"), "alice: Good morning, all");
-        assert_eq!(plain_caption("<v.loud bob>Hi\nthere"), "bob: Hi / there");
-        assert_eq!(plain_caption("plain text"), "plain text");
-        assert_eq!(plain_caption("a < b"), "a < b");
-    }
 }

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod index;
+mod lock;
 pub mod manifest;
 #[cfg(feature = "net")]
 pub mod net;

@@ -35,6 +35,23 @@ pub enum TrackKind {
     Captions,
 }
 
+impl TrackKind {
+    /// As the manifest and the wire write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::Video => "video",
+            TrackKind::Audio => "audio",
+            TrackKind::Captions => "captions",
+        }
+    }
+}
+
+impl std::fmt::Display for TrackKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What to show while a track has nothing on the timeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -46,13 +63,83 @@ pub enum GapPolicy {
     Silence,
 }
 
+/// What a track carries, for apps to lay out by. The manifest documents it as free text: the
+/// roles tandem knows are named, any other is kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Role {
+    Camera,
+    Screen,
+    MixedAudio,
+    /// One participant's own microphone.
+    Microphone,
+    /// A participant who dialed in by phone.
+    Dialin,
+    Captions,
+    /// Written as the empty string, or absent.
+    #[default]
+    Unspecified,
+    Other(String),
+}
+
+impl Role {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::Camera => "camera",
+            Role::Screen => "screen",
+            Role::MixedAudio => "mixed_audio",
+            Role::Microphone => "microphone",
+            Role::Dialin => "dialin",
+            Role::Captions => "captions",
+            Role::Unspecified => "",
+            Role::Other(other) => other,
+        }
+    }
+}
+
+impl From<String> for Role {
+    fn from(text: String) -> Role {
+        match text.as_str() {
+            "camera" => Role::Camera,
+            "screen" => Role::Screen,
+            "mixed_audio" => Role::MixedAudio,
+            "microphone" => Role::Microphone,
+            "dialin" => Role::Dialin,
+            "captions" => Role::Captions,
+            "" => Role::Unspecified,
+            _ => Role::Other(text),
+        }
+    }
+}
+
+impl From<&str> for Role {
+    fn from(text: &str) -> Role {
+        Role::from(text.to_string())
+    }
+}
+
+impl From<Role> for String {
+    fn from(role: Role) -> String {
+        match role {
+            Role::Other(text) => text,
+            known => known.as_str().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestTrack {
     pub name: String,
     pub kind: TrackKind,
     /// `camera`, `screen`, `mixed_audio`, `captions`, ...: free text for apps to lay out by.
     #[serde(default)]
-    pub role: String,
+    pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
     pub segments: Vec<Segment>,

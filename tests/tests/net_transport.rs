@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use net_common::*;
 use rand::{Rng, SeedableRng};
+use tandem::manifest::TrackKind;
 use tandem::net::protocol::{encode_frame, ReadWindow, RequestHeader, ResponseHeader};
 use tandem::net::{identity, ErrorCode, FolderProvider, NetError, PeerAddr};
 use tandem::RangeSource;
@@ -42,7 +43,8 @@ async fn random_ranges_are_byte_identical() {
         for (name, size) in TRACK_SIZES {
             let t = info.track(name).expect("track listed");
             assert_eq!(t.size, *size as u64);
-            assert_eq!(t.kind, if *name == "captions" { "captions" } else { "video" });
+            let kind = if *name == "captions" { TrackKind::Captions } else { TrackKind::Video };
+            assert_eq!(t.kind, kind);
             assert_eq!(t.segments.len(), 1);
         }
         let json = serde_json::to_string(&info).expect("json");

@@ -114,7 +114,19 @@ fn accurate_seeks_on_the_webrtc_meeting() -> Result<()> {
 /// Every frame rendered since `mark`, per track: |stamp - clock| within one frame of that
 /// track, and the tracks within one frame of each other (each against the same clock).
 fn check_sync(recorder: &Recorder, mark: usize, what: &str, problems: &mut Vec<String>) -> usize {
-    let frames: Vec<_> = recorder.frames_since(mark).into_iter().filter(|f| !f.preroll).collect();
+    check_sync_of(recorder, mark, what, problems, |_| true)
+}
+
+/// [`check_sync`] on the frames `judged` keeps.
+fn check_sync_of(
+    recorder: &Recorder,
+    mark: usize,
+    what: &str,
+    problems: &mut Vec<String>,
+    judged: impl Fn(&tandem_tests::player::SeenFrame) -> bool,
+) -> usize {
+    let frames: Vec<_> =
+        recorder.frames_since(mark).into_iter().filter(|f| !f.preroll && judged(f)).collect();
     let mut worst: std::collections::HashMap<std::sync::Arc<str>, i64> = Default::default();
     let mut first_at: std::collections::HashMap<(std::sync::Arc<str>, u64), Instant> = Default::default();
     for f in &frames {
@@ -741,10 +753,21 @@ fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()>
     let from = player.position();
     player.play()?;
     std::thread::sleep(Duration::from_secs(12));
+    let events: Vec<tandem::player::PlayerEvent> = events.try_iter().collect();
     let buffering: Vec<u32> = events
-        .try_iter()
+        .iter()
         .filter_map(|e| match e {
-            tandem::player::PlayerEvent::Buffering { percent, .. } => Some(percent),
+            tandem::player::PlayerEvent::Buffering { percent, .. } => Some(*percent),
+            _ => None,
+        })
+        .collect();
+    // A video track the link cannot carry may give way (shows keyframes as they come, out of
+    // step by design) rather than stall the meeting: from then on its frames are not judged
+    // for sync, the others' are.
+    let degraded: Vec<(std::sync::Arc<str>, MediaTime)> = events
+        .iter()
+        .filter_map(|e| match e {
+            tandem::player::PlayerEvent::Degraded { track, degraded: true, at } => Some((track.clone(), *at)),
             _ => None,
         })
         .collect();
@@ -757,9 +780,14 @@ fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()>
     let advanced = player.position().saturating_sub(from);
     ensure!(advanced > MediaTime::from_secs(3), "the cursor only advanced {advanced} in 12 s");
     let mut problems = Vec::new();
-    check_sync(&recorder, 0, "0.6x link", &mut problems);
+    check_sync_of(&recorder, 0, "0.6x link", &mut problems, |f| {
+        !degraded.iter().any(|(track, at)| *track == f.track && f.pts >= *at)
+    });
     ensure!(problems.is_empty(), "{}", problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n"));
-    eprintln!("0.6x link: {} buffering events, cursor advanced {advanced} in 12 s", buffering.len());
+    eprintln!(
+        "0.6x link: {} buffering events, cursor advanced {advanced} in 12 s, degraded {degraded:?}",
+        buffering.len()
+    );
     Ok(())
 }
 

@@ -233,8 +233,54 @@ fn parse_timestamp(text: &str, decimal: char) -> Option<MediaTime> {
     Some(MediaTime::from_millis(ms))
 }
 
+/// The text of one cue block (what follows its timing line), as the file has it.
+pub fn cue_body(block: &str) -> String {
+    let body: Vec<&str> = block.lines().skip_while(|l| !l.contains("-->")).skip(1).collect();
+    body.join("\n").trim().to_string()
+}
+
+/// A cue's text as people write it, on one line: a WebVTT voice tag becomes `name: `, other
+/// tags (`<i>`, `<c.loud>`, timestamps) go, lines join with ` / `. For terminals, search and
+/// burnt-in captions alike.
+pub fn plain_caption(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('>') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let tag = &rest[open + 1..open + close];
+        // `<v alice>` or `<v.loud alice>`: the name follows the first space.
+        if let Some(voice) = tag.strip_prefix('v').filter(|r| r.starts_with([' ', '.'])) {
+            let name = voice.split_once(' ').map_or("", |(_, n)| n).trim();
+            if !name.is_empty() {
+                out.push_str(name);
+                out.push_str(": ");
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" / ")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn voice_tags_become_names_and_other_tags_go() {
+        assert_eq!(plain_caption("<v alice>Good morning, <i>all</i></v>"), "alice: Good morning, all");
+        assert_eq!(plain_caption("<v.loud bob>Hi\nthere"), "bob: Hi / there");
+        assert_eq!(plain_caption("plain text"), "plain text");
+        assert_eq!(plain_caption("a < b"), "a < b");
+        assert_eq!(
+            cue_body("3\n00:01.000 --> 00:02.000 align:start\n<v bob>Hi\nthere\n"),
+            "<v bob>Hi\nthere"
+        );
+    }
+
     use super::*;
     use crate::index::TrackIndex;
 

@@ -22,8 +22,8 @@ use iroh::{Endpoint, NodeAddr, NodeId};
 use super::identity;
 use super::protocol::{
     read_frame, ErrorCode, FrameError, GetRequest, NetError, ReadRangeOk, ReadRangeRequest, ReadWindow,
-    Request, ResponseHeader, StreamInfo, TrackInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE,
-    CLOSE_UNAUTHORIZED, MAX_RESPONSE_HEADER,
+    Request, ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
+    MAX_RESPONSE_HEADER,
 };
 use super::server::endpoint_builder;
 use crate::source::{check_range, Cancel, RangeSource, SourceError};
@@ -31,11 +31,6 @@ use crate::source::{check_range, Cancel, RangeSource, SourceError};
 /// Most requests one [`RemoteTrack`] read keeps in flight at once; a large read is fetched in
 /// window-sized parts, this many at a time.
 pub const MAX_READS_IN_FLIGHT: usize = 8;
-
-/// A remote stream's description: plain data, no connection inside.
-pub type Stream = StreamInfo;
-/// A remote track's description: plain data.
-pub type Track = TrackInfo;
 
 /// How to reach a peer: its ID52, and a direct address when known (LAN, loopback). Without
 /// one the client relies on discovery and relays (internet mode).
@@ -193,7 +188,7 @@ impl Client {
     }
 
     /// Describes `stream` on `peer`.
-    pub async fn get(&self, peer: &PeerAddr, stream: &str) -> Result<Stream, NetError> {
+    pub async fn get(&self, peer: &PeerAddr, stream: &str) -> Result<StreamInfo, NetError> {
         let request = Request::Get(GetRequest { stream: stream.to_string() });
         let (header, _) = self.request(peer, &request, false).await?;
         header.into_result()
@@ -479,7 +474,12 @@ pub struct RemoteTrack {
 
 impl RemoteTrack {
     /// From a description already fetched with [`Client::get`].
-    pub fn new(client: Client, peer: PeerAddr, info: &Stream, track: &str) -> Result<RemoteTrack, NetError> {
+    pub fn new(
+        client: Client,
+        peer: PeerAddr,
+        info: &StreamInfo,
+        track: &str,
+    ) -> Result<RemoteTrack, NetError> {
         let t = info.track(track).ok_or_else(|| {
             NetError::status(
                 super::protocol::ErrorCode::UnknownTrack,

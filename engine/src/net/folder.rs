@@ -166,7 +166,7 @@ impl FolderProvider {
                 .len();
             tracks.push(TrackInfo {
                 name: track.name.clone(),
-                kind: wire_str(&track.kind),
+                kind: track.kind,
                 role: track.role.clone(),
                 participant: track.participant.clone(),
                 size,
@@ -179,7 +179,7 @@ impl FolderProvider {
                         end_ms: s.end_ms,
                     })
                     .collect(),
-                gap_policy: track.gap_policy.as_ref().map(wire_str),
+                gap_policy: track.gap_policy,
             });
         }
         Ok(Some(StreamInfo {
@@ -208,13 +208,6 @@ impl FolderProvider {
 }
 
 /// The snake_case name serde gives an enum variant (`video`, `freeze`).
-fn wire_str<T: serde::Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
 ) -> Result<T, NetError> {

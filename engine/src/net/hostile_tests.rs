@@ -36,8 +36,8 @@ fn info(window: ReadWindow) -> StreamInfo {
         duration_ms: None,
         tracks: vec![TrackInfo {
             name: "t".into(),
-            kind: "video".into(),
-            role: "camera".into(),
+            kind: crate::manifest::TrackKind::Video,
+            role: crate::manifest::Role::Camera,
             participant: Some("p".into()),
             size: TRACK_SIZE,
             segments: Vec::new(),

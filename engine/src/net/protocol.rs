@@ -71,6 +71,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::manifest::{GapPolicy, Role, TrackKind};
+
 /// The ALPN of this protocol; the version is part of it.
 pub const ALPN: &[u8] = b"tandem/stream/1";
 
@@ -322,21 +324,22 @@ impl StreamInfo {
     }
 }
 
-/// One track of a stream: what it is, how big, where it sits on the timeline. Kinds, roles and
-/// gap policies are plain strings here: the protocol carries them without understanding them.
+/// One track of a stream: what it is, how big, where it sits on the timeline. Kind, role and
+/// gap policy are the manifest's own types: a kind or gap policy a client does not know makes
+/// the description malformed (an error naming it), never a guess; a role is free text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackInfo {
     pub name: String,
-    pub kind: String,
+    pub kind: TrackKind,
     #[serde(default)]
-    pub role: String,
+    pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
     /// Size of the track's byte stream.
     pub size: u64,
     pub segments: Vec<SegmentInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gap_policy: Option<String>,
+    pub gap_policy: Option<GapPolicy>,
 }
 
 /// Where a stretch of the track lands on the meeting timeline.
@@ -488,6 +491,30 @@ mod tests {
             let ok = len > 0 && len <= 1000 && start + len <= size && (len >= 100 || start + len == size);
             prop_assert_eq!(w.check(start, len, size).is_ok(), ok);
         }
+    }
+
+    #[test]
+    fn kinds_and_gap_policies_are_typed_and_roles_free() {
+        let track = |kind: &str, role: &str, gap: &str| {
+            format!(
+                r#"{{"name":"t","kind":"{kind}","role":"{role}","size":1,"segments":[],"gap_policy":"{gap}"}}"#
+            )
+        };
+        let known: TrackInfo = serde_json::from_str(&track("video", "screen", "freeze")).expect("known");
+        assert_eq!(
+            (known.kind, known.role, known.gap_policy),
+            (TrackKind::Video, Role::Screen, Some(GapPolicy::Freeze))
+        );
+        let free: TrackInfo =
+            serde_json::from_str(&track("audio", "interpreter", "silence")).expect("free role");
+        assert_eq!(free.role, Role::Other("interpreter".into()));
+        assert_eq!(serde_json::to_value(&free).expect("json")["role"], "interpreter");
+        let gap =
+            serde_json::from_str::<TrackInfo>(&track("video", "camera", "blur")).expect_err("unknown gap");
+        assert!(gap.to_string().contains("blur"), "{gap}");
+        let kind = serde_json::from_str::<TrackInfo>(&track("hologram", "camera", "hide"))
+            .expect_err("unknown kind");
+        assert!(kind.to_string().contains("hologram"), "{kind}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use gstreamer_audio as gst_audio;
 use gstreamer_video as gst_video;
 
 use super::elements::{make, make_any};
-use super::feeder::{clock_time, media_time, Gate};
+use super::feeder::{clock_time, meeting_time, Gate};
 use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
 use super::PlayerError;
 use crate::index::{Codec, TrackInfo};
@@ -39,17 +39,24 @@ pub(crate) struct Branch {
 }
 
 impl Branch {
-    /// Whether the pipeline waits for this branch's sink to have a buffer before it plays
-    /// (GStreamer's preroll, on every pause and resume). A degraded track's sink may have
-    /// nothing for seconds: it must not hold the others (see `degrade`).
-    pub(crate) fn hold_preroll(&self, on: bool) {
-        if let Some(sink) = self.elements.last() {
-            if sink.has_property("async") {
-                sink.set_property("async", on);
-            }
+    /// A degraded track's sink (see `degrade`) neither holds the pipeline's preroll (on every
+    /// pause and resume GStreamer waits for each sink to have a buffer, and this one may have
+    /// nothing for seconds) nor shows a frame whose time has passed (it drops it: a late
+    /// picture is a wrong picture). Back to normal when it keeps up again.
+    pub(crate) fn set_degraded(&self, degraded: bool) {
+        let Some(sink) = self.elements.last() else { return };
+        if sink.has_property("async") {
+            sink.set_property("async", !degraded);
+        }
+        if sink.has_property("max-lateness") {
+            let lateness: i64 = if degraded { LATE_FRAME.nseconds() as i64 } else { -1 };
+            sink.set_property("max-lateness", lateness);
         }
     }
 }
+
+/// How late a degraded track's frame may be and still be shown.
+const LATE_FRAME: gst::ClockTime = gst::ClockTime::from_mseconds(20);
 
 /// Caps of what the appsrc pushes, and whether the engine decodes the audio itself.
 fn source_caps(info: &TrackInfo, engine_audio: bool) -> Result<gst::Caps, String> {
@@ -213,8 +220,8 @@ fn hide_outside_spans(decoder: &gst::Element, timeline: Timeline) {
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, probe| {
         let Some(gst::PadProbeData::Buffer(buffer)) = &probe.data else { return gst::PadProbeReturn::Ok };
         let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
-        let start = media_time(pts);
-        let end = start.saturating_add(buffer.duration().map_or(MediaTime::ZERO, media_time));
+        let start = meeting_time(pts);
+        let end = start.saturating_add(buffer.duration().map_or(MediaTime::ZERO, meeting_time));
         let visible = timeline.spans().iter().any(|s| end > s.start && s.end.is_none_or(|e| start < e))
             || (end == start && timeline.is_active(start));
         if visible {
@@ -402,7 +409,7 @@ fn times(
         let position = seg.position_from_running_time(rt)?;
         seg.to_stream_time(position)
     });
-    (stream_pts.map(media_time).unwrap_or_default(), clock.map(media_time))
+    (stream_pts.map(meeting_time).unwrap_or_default(), clock.map(meeting_time))
 }
 
 fn deliver_video(context: &SinkContext, sink: &gst_app::AppSink, sample: &gst::Sample, preroll: bool) {

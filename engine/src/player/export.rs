@@ -168,9 +168,7 @@ struct Session {
     fps: u32,
 }
 
-fn gst_err(e: impl std::fmt::Display) -> PlayerError {
-    PlayerError::Gst(e.to_string())
-}
+use super::gst_err;
 
 impl Session {
     fn open(meeting: Meeting, options: &ExportOptions, target: Target<'_>) -> Result<Session, PlayerError> {

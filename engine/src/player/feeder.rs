@@ -443,7 +443,7 @@ fn frames_between(from: MediaTime, to: MediaTime, rate: i64) -> u64 {
 }
 
 /// GStreamer's unsigned nanoseconds as meeting time (saturating past `i64::MAX`).
-pub(crate) fn media_time(t: gst::ClockTime) -> MediaTime {
+pub(crate) fn meeting_time(t: gst::ClockTime) -> MediaTime {
     MediaTime::from_nanos(t.nseconds().min(i64::MAX as u64) as i64)
 }
 

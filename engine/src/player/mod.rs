@@ -57,7 +57,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -94,7 +94,7 @@ use output::SinkContext;
 use seek::SeekTracker;
 
 use crate::index::{IndexError, TrackInfo};
-use crate::manifest::{ManifestError, TrackKind};
+use crate::manifest::{ManifestError, Role, TrackKind};
 use crate::stream::{
     Cue, Item, MeetingStream, SeekTicket, StartMode, StreamError, StreamOptions, Subscription,
 };
@@ -255,9 +255,7 @@ impl std::fmt::Debug for Player {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 fn gst_err(e: impl std::fmt::Display) -> PlayerError {
     PlayerError::Gst(e.to_string())
@@ -607,7 +605,7 @@ impl Inner {
             if let Runtime::Media { desc, subscription, branch, .. } = runtime {
                 if desc.name == *track {
                     subscription.set_catch_up(on);
-                    branch.hold_preroll(!on);
+                    branch.set_degraded(on);
                 }
             }
         }
@@ -922,7 +920,7 @@ pub fn sound_output() -> Option<&'static str> {
 /// What a video track's tile says while it has nothing to show: who it is.
 pub(crate) fn tile_label(desc: &TrackDesc) -> String {
     match &desc.participant {
-        Some(who) if desc.role != "camera" => format!("{who} ({})", desc.role),
+        Some(who) if desc.role != Role::Camera => format!("{who} ({})", desc.role),
         Some(who) => who.clone(),
         None => desc.name.to_string(),
     }
@@ -930,7 +928,7 @@ pub(crate) fn tile_label(desc: &TrackDesc) -> String {
 
 /// The meeting time on screen: the pipeline's position.
 fn pipeline_position(pipeline: &gst::Pipeline) -> Option<MediaTime> {
-    pipeline.query_position::<gst::ClockTime>().map(feeder::media_time)
+    pipeline.query_position::<gst::ClockTime>().map(feeder::meeting_time)
 }
 
 /// Watches the pipeline's bus: a track's error stops that track only; the end of every

@@ -49,9 +49,7 @@ impl std::fmt::Debug for GridWindow {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock::lock;
 
 impl GridWindow {
     /// A window with a tile for each of `tracks` (name, label), none shown until subscribed.

@@ -367,10 +367,7 @@ impl Fetcher {
             }
             for sample in &batch.samples {
                 let data = index.sample_data(src, sample).map_err(failed)?;
-                let text = String::from_utf8_lossy(&data);
-                // The block's text is what follows its timing line.
-                let body: Vec<&str> = text.lines().skip_while(|l| !l.contains("-->")).skip(1).collect();
-                let text = body.join("\n").trim().to_string();
+                let text = crate::index::subtitles::cue_body(&String::from_utf8_lossy(&data));
                 for span in self.desc.timeline.spans() {
                     let start = span.to_meeting(sample.pts).max(span.start);
                     let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
@@ -541,6 +538,10 @@ impl Fetcher {
             }
             let data = self.read(head.offset, range_end - head.offset)?;
             let chunk = Chunk { base: src, start: head.offset, data };
+            // With catch-up on, frames fetched but already late are decoded (later frames
+            // refer to them) and not shown: a late picture is a wrong picture.
+            let late_cursor = (self.desc.kind == TrackKind::Video && self.catch_up.load(Ordering::Relaxed))
+                .then(|| span.to_media(self.cursor(run)));
             first = false;
             for i in 0..count {
                 let sample = pending[i];
@@ -557,7 +558,10 @@ impl Fetcher {
                 run.last_duration = duration;
                 let data = index.sample_data(&chunk, &sample).map_err(failed)?;
                 let hidden = sample.pts.saturating_add(duration) <= show_from
-                    || end_media.is_some_and(|end| sample.pts >= end);
+                    || end_media.is_some_and(|end| sample.pts >= end)
+                    || late_cursor.is_some_and(|cursor| {
+                        sample.pts.saturating_add(duration).saturating_add(LATE) < cursor
+                    });
                 run.media_end = run.media_end.max(sample.pts.saturating_add(duration));
                 let packet = Packet {
                     pts: span.to_meeting(sample.pts),

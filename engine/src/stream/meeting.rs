@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::timeline::{Span, Timeline};
 use super::StreamError;
-use crate::manifest::{GapPolicy, Manifest, TrackKind};
+use crate::manifest::{GapPolicy, Manifest, Role, TrackKind};
 use crate::source::{FileSource, RangeSource};
 use crate::time::MediaTime;
 
@@ -27,8 +27,7 @@ fn send_priority(kind: TrackKind) -> i32 {
 pub struct TrackDesc {
     pub name: Arc<str>,
     pub kind: TrackKind,
-    /// `camera`, `screen`, `mixed_audio`, ...
-    pub role: String,
+    pub role: Role,
     pub participant: Option<String>,
     /// Where the track has something to show.
     pub timeline: Timeline,
@@ -107,23 +106,6 @@ impl Meeting {
     ) -> Result<Meeting, StreamError> {
         let mut tracks = Vec::with_capacity(info.tracks.len());
         for t in &info.tracks {
-            let kind = match t.kind.as_str() {
-                "video" => TrackKind::Video,
-                "audio" => TrackKind::Audio,
-                "captions" => TrackKind::Captions,
-                other => {
-                    return Err(StreamError::Open {
-                        track: t.name.clone(),
-                        message: format!("the peer says its kind is {other:?}"),
-                    })
-                }
-            };
-            let gap_policy = match t.gap_policy.as_deref() {
-                Some("black") => GapPolicy::Black,
-                Some("freeze") => GapPolicy::Freeze,
-                Some("silence") => GapPolicy::Silence,
-                _ => GapPolicy::Hide,
-            };
             let spans = t
                 .segments
                 .iter()
@@ -135,11 +117,11 @@ impl Meeting {
                 .collect();
             tracks.push(TrackDesc {
                 name: Arc::from(t.name.as_str()),
-                kind,
+                kind: t.kind,
                 role: t.role.clone(),
                 participant: t.participant.clone(),
                 timeline: Timeline::new(spans),
-                gap_policy,
+                gap_policy: t.gap_policy.unwrap_or_default(),
             });
         }
         let duration = info.duration_ms.map(|ms| MediaTime::from_millis(ms as i64));

@@ -52,7 +52,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 mod block_cache;
 mod fetch;
@@ -151,9 +151,7 @@ pub(crate) struct Shared {
     figures: Mutex<HashMap<Arc<str>, Arc<TrackFigures>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock::lock;
 
 impl Shared {
     /// The meeting time playback is at.
