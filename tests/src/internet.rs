@@ -245,14 +245,17 @@ async fn spawn_relay() -> Result<iroh_relay::server::Server> {
 /// `iroh-dns-server` with an in-memory store: its pkarr relay over HTTP, its DNS on UDP.
 async fn spawn_pkarr() -> Result<iroh_dns_server::server::Server> {
     use iroh_dns_server::config::{Config, MetricsConfig};
+    use iroh_dns_server::dns::DnsConfig;
     use iroh_dns_server::http::{HttpConfig, RateLimitConfig};
-    let mut config = Config::default();
-    config.http = Some(HttpConfig { port: PKARR_PORT, bind_addr: Some(IpAddr::V4(HUB_ADDR)) });
-    config.https = None;
-    config.dns.port = DNS_PORT;
-    config.dns.bind_addr = Some(IpAddr::V4(HUB_ADDR));
-    config.metrics = Some(MetricsConfig::disabled());
-    config.pkarr_put_rate_limit = RateLimitConfig::Disabled;
+    let defaults = Config::default();
+    let config = Config {
+        http: Some(HttpConfig { port: PKARR_PORT, bind_addr: Some(IpAddr::V4(HUB_ADDR)) }),
+        https: None,
+        dns: DnsConfig { port: DNS_PORT, bind_addr: Some(IpAddr::V4(HUB_ADDR)), ..defaults.dns },
+        metrics: Some(MetricsConfig::disabled()),
+        pkarr_put_rate_limit: RateLimitConfig::Disabled,
+        ..defaults
+    };
     let store = iroh_dns_server::ZoneStore::in_memory(Default::default(), Default::default())
         .map_err(|e| anyhow::anyhow!("iroh-dns-server store: {e}"))?;
     iroh_dns_server::server::Server::spawn(config, store, Default::default())
