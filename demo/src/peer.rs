@@ -41,7 +41,7 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReachArgs {
     /// Relay to use instead of n0's (an `iroh-relay`): https://relay.example.org, or
-    /// http://host:port for `iroh-relay --dev`. Both peers must name the same relay.
+    /// http://host:port for `iroh-relay --dev`. Name it on both sides.
     #[arg(long, value_name = "URL")]
     pub relay: Option<String>,
     /// Pkarr relay to publish our address to (serve) or resolve the peer's ID52 through
@@ -79,7 +79,8 @@ impl ReachArgs {
 /// How the fetching commands reach a peer and who they are.
 #[derive(Debug, clap::Args)]
 pub struct DialArgs {
-    /// The peer's direct address (loopback/LAN); without it, discovery and relays are used.
+    /// The peer's direct address (loopback/LAN); without it, discovery and relays are used
+    /// (n0's, or --relay and --pkarr).
     #[arg(long)]
     pub addr: Option<SocketAddr>,
     /// Key file for this client's identity (for servers with an allow-list); fresh when absent.

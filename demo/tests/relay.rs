@@ -86,7 +86,7 @@ fn play_by_id52_alone_finds_the_server_through_pkarr_and_plays_through_the_relay
     let fixtures = tandem_tests::fixture_meeting("meeting").parent().context("fixtures")?.to_path_buf();
     let tmp = tempfile::tempdir()?;
     let (_server, id52) = serve(&hub, &fixtures, &tmp.path().join("server.key"))?;
-    let published = hub.wait_published(&id52, Duration::from_secs(20))?;
+    let published = hub.wait_published(&id52, Duration::from_secs(15))?;
     ensure!(published.starts_with(&hub.relay_url()), "serve published relay {published}");
 
     // The direct path does not exist: b has no route to a.
@@ -98,7 +98,7 @@ fn play_by_id52_alone_finds_the_server_through_pkarr_and_plays_through_the_relay
     let before = hub.relayed_bytes();
     let args =
         ["play", &target, "--headless", "--at", "5", "--for", "4", "--relay", &relay, "--pkarr", &pkarr];
-    let out = run_in(&hub, &hub.b, &args, Duration::from_secs(50))?;
+    let out = run_in(&hub, &hub.b, &args, Duration::from_secs(30))?;
     let all = text(&out);
     ensure!(out.status.success(), "play through the relay failed:\n{all}");
     ensure!(all.contains("at 0:05.000 in"), "play did not start at 0:05:\n{all}");
@@ -124,7 +124,7 @@ fn play_by_id52_alone_finds_the_server_through_pkarr_and_plays_through_the_relay
         "--pkarr",
         &pkarr,
     ];
-    let out = run_in(&hub, &hub.b, &args, Duration::from_secs(40))?;
+    let out = run_in(&hub, &hub.b, &args, Duration::from_secs(20))?;
     let all = text(&out);
     ensure!(out.status.success(), "fetch through the relay failed:\n{all}");
     let fetched = std::fs::read(&part)?;

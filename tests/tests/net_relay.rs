@@ -42,7 +42,7 @@ fn a_client_with_only_an_id52_reads_through_our_own_relay_and_pkarr() -> Result<
     let reach = Reach::custom(Some(&hub.relay_url()), Some(&hub.pkarr_url()))?;
     let root = make_root(41);
     let (id52, stop, server) = serve_in(&hub.a.netns, root.root().to_path_buf(), reach.clone())?;
-    let published = hub.wait_published(&id52, Duration::from_secs(20))?;
+    let published = hub.wait_published(&id52, Duration::from_secs(15))?;
     ensure!(
         published.starts_with(&hub.relay_url()),
         "published relay {published}, expected {}",
@@ -66,7 +66,7 @@ fn a_client_with_only_an_id52_reads_through_our_own_relay_and_pkarr() -> Result<
             anyhow::Ok((data, client.path(&peer).await))
         };
         let out =
-            tokio::time::timeout(Duration::from_secs(40), work).await.context("the read took over 40 s")?;
+            tokio::time::timeout(Duration::from_secs(30), work).await.context("the read took over 30 s")?;
         client.close().await;
         out
     })?;
