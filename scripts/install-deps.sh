@@ -24,6 +24,8 @@ PACKAGES=(
   xvfb
   x11-apps
   tmux
+  # The relay tests: network namespaces and veth pairs (`ip netns`, `ip link`).
+  iproute2
 )
 
 missing=()

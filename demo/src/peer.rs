@@ -6,6 +6,8 @@
 //!   stays the same across restarts.
 //! - `info <id52>/<meeting>` and `fetch <id52>/<meeting>/<track>` dial the peer at `--addr`
 //!   (loopback/LAN, no relays) or, without it, through n0 discovery and relays.
+//! - `--relay URL` and `--pkarr URL` (every command that serves or dials) replace n0's relays
+//!   and n0's discovery with your own `iroh-relay` and `iroh-dns-server`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use tandem::net::{identity, Client, FolderProvider, PeerAddr, RemoteTrack};
+use tandem::net::{identity, reach, Client, Discovery, FolderProvider, PeerAddr, Reach, Relays, RemoteTrack};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -29,19 +31,63 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
     /// No relays and no discovery: reachable by direct address only (loopback, LAN).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["relay", "pkarr"])]
     pub no_relay: bool,
+    #[command(flatten)]
+    pub reach: ReachArgs,
+}
+
+/// Own relay and discovery servers instead of n0's public ones.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReachArgs {
+    /// Relay to use instead of n0's (an `iroh-relay`): https://relay.example.org, or
+    /// http://host:port for `iroh-relay --dev`. Name it on both sides.
+    #[arg(long, value_name = "URL")]
+    pub relay: Option<String>,
+    /// Pkarr relay to publish our address to (serve) or resolve the peer's ID52 through
+    /// (dialing commands), instead of n0's DNS: an `iroh-dns-server`'s http(s)://host[:port]/pkarr.
+    #[arg(long, value_name = "URL")]
+    pub pkarr: Option<String>,
+}
+
+impl ReachArgs {
+    /// `--relay` and `--pkarr` over `base` (n0's, or none for direct addresses).
+    pub fn reach(&self, base: Reach) -> Result<Reach> {
+        let mut out = base;
+        if let Some(url) = &self.relay {
+            out.relays = Relays::Custom(vec![reach::relay_url(url)?]);
+        }
+        if let Some(url) = &self.pkarr {
+            out.discovery = Discovery::Pkarr(reach::pkarr_url(url)?);
+        }
+        Ok(out)
+    }
+
+    /// The same flags, to print in hints for the other side.
+    fn flags(&self) -> String {
+        let mut out = String::new();
+        if let Some(url) = &self.relay {
+            out.push_str(&format!(" --relay {url}"));
+        }
+        if let Some(url) = &self.pkarr {
+            out.push_str(&format!(" --pkarr {url}"));
+        }
+        out
+    }
 }
 
 /// How the fetching commands reach a peer and who they are.
 #[derive(Debug, clap::Args)]
 pub struct DialArgs {
-    /// The peer's direct address (loopback/LAN); without it, discovery and relays are used.
+    /// The peer's direct address (loopback/LAN); without it, discovery and relays are used
+    /// (n0's, or --relay and --pkarr).
     #[arg(long)]
     pub addr: Option<SocketAddr>,
     /// Key file for this client's identity (for servers with an allow-list); fresh when absent.
     #[arg(long)]
     pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub reach: ReachArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,7 +147,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let key_file = args.key.clone().unwrap_or_else(default_key_file);
         let key = identity::load_or_create_key(&key_file)?;
         let provider = FolderProvider::new(&args.root)?;
-        let mut builder = provider.server_builder().secret_key(key).bind(args.bind).internet(!args.no_relay);
+        let base = if args.no_relay { Reach::direct() } else { Reach::n0() };
+        let reach = args.reach.reach(base)?;
+        let mut builder = provider.server_builder().secret_key(key).bind(args.bind).reach(reach);
         if !args.allow.is_empty() {
             builder = builder.allow(args.allow.clone());
         }
@@ -125,7 +173,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             println!("  meeting-replay info {}/{example} --addr {addr}", server.id52());
         }
         if !args.no_relay {
-            println!("  meeting-replay play {}/{example}", server.id52());
+            println!("  meeting-replay play {}/{example}{}", server.id52(), args.reach.flags());
         }
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
         eprintln!("shutting down");
@@ -148,7 +196,9 @@ fn parse_target(target: &str, with_track: bool) -> Result<(String, String, Optio
 }
 
 async fn dial(dial: &DialArgs, id52: &str) -> Result<(Client, PeerAddr)> {
-    let mut builder = Client::builder().internet(dial.addr.is_none());
+    // With a direct address, relays and discovery only when asked for by name.
+    let base = if dial.addr.is_some() { Reach::direct() } else { Reach::n0() };
+    let mut builder = Client::builder().reach(dial.reach.reach(base)?);
     if let Some(key) = &dial.key {
         builder = builder.secret_key(identity::load_or_create_key(key)?);
     }
@@ -278,10 +328,11 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
             written += chunk.len() as u64;
         }
         out.flush()?;
-        client.close().await;
         let secs = began.elapsed().as_secs_f64();
+        let path = client.path(remote.peer()).await.map(|p| p.to_string()).unwrap_or_else(|| "none".into());
+        client.close().await;
         eprintln!(
-            "wrote {written} bytes ({start}-{}) to {} in {secs:.3} s ({:.1} MB/s)",
+            "wrote {written} bytes ({start}-{}) to {} in {secs:.3} s ({:.1} MB/s), path {path}",
             start + len - 1,
             args.output.display(),
             written as f64 / 1e6 / secs.max(1e-9)

@@ -7,6 +7,7 @@
 //! These helpers fail loudly when a tool is missing: a test that needs ffprobe must not pass
 //! by skipping.
 
+pub mod internet;
 pub mod link;
 pub mod player;
 

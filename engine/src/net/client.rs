@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use iroh::endpoint::{Connection, ConnectionError};
+use iroh::endpoint::{Connection, ConnectionError, ConnectionType};
 use iroh::{Endpoint, NodeAddr, NodeId};
 
 use super::identity;
@@ -25,6 +25,7 @@ use super::protocol::{
     Request, ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
     MAX_RESPONSE_HEADER,
 };
+use super::reach::Reach;
 use super::server::endpoint_builder;
 use crate::source::{check_range, Cancel, RangeSource, SourceError};
 
@@ -56,8 +57,8 @@ pub struct ClientBuilder {
     /// The client's identity (what a server's allow-list checks); fresh when absent.
     secret_key: Option<fastn_id52::SecretKey>,
     bind: SocketAddr,
-    /// n0 relays and discovery (reach a bare ID52) or loopback/LAN only (the default).
-    internet: bool,
+    /// Relays and discovery (to reach a bare ID52), or loopback/LAN only (the default).
+    reach: Reach,
     connect_timeout: Duration,
     request_timeout: Duration,
 }
@@ -66,7 +67,7 @@ impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
             .field("bind", &self.bind)
-            .field("internet", &self.internet)
+            .field("reach", &self.reach)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
@@ -78,7 +79,7 @@ impl Default for ClientBuilder {
         ClientBuilder {
             secret_key: None,
             bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            internet: false,
+            reach: Reach::direct(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
         }
@@ -94,8 +95,14 @@ impl ClientBuilder {
         self.bind = addr;
         self
     }
+    /// n0 relays and discovery on or off; shorthand for [`Self::reach`].
     pub fn internet(mut self, on: bool) -> Self {
-        self.internet = on;
+        self.reach = if on { Reach::n0() } else { Reach::direct() };
+        self
+    }
+    /// Relays and discovery used to reach peers dialed without a direct address.
+    pub fn reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
         self
     }
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -112,13 +119,13 @@ impl ClientBuilder {
     pub async fn spawn(self) -> Result<Client, NetError> {
         let key = self.secret_key.unwrap_or_else(fastn_id52::SecretKey::generate);
         let secret = identity::to_iroh_secret(&key);
-        let endpoint = bind_endpoint(self.bind, self.internet, &secret).await?;
+        let endpoint = bind_endpoint(self.bind, &self.reach, &secret).await?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 id52: key.id52(),
                 secret,
                 redial_bind: SocketAddr::new(self.bind.ip(), 0),
-                internet: self.internet,
+                reach: self.reach,
                 endpoint,
                 connections: Mutex::new(HashMap::new()),
                 connect_timeout: self.connect_timeout,
@@ -151,10 +158,10 @@ struct PeerSlot {
 
 async fn bind_endpoint(
     bind: SocketAddr,
-    internet: bool,
+    reach: &Reach,
     secret: &iroh::SecretKey,
 ) -> Result<Endpoint, NetError> {
-    endpoint_builder(bind, internet)
+    endpoint_builder(bind, reach)
         .secret_key(secret.clone())
         .bind()
         .await
@@ -168,7 +175,7 @@ struct ClientInner {
     secret: iroh::SecretKey,
     /// Where re-dial endpoints bind (the client's IP, any port).
     redial_bind: SocketAddr,
-    internet: bool,
+    reach: Reach,
     endpoint: Endpoint,
     connections: Mutex<HashMap<NodeId, Slot>>,
     connect_timeout: Duration,
@@ -237,6 +244,21 @@ impl Client {
     ) -> Result<RemoteTrack, NetError> {
         let info = self.get(peer, stream).await?;
         RemoteTrack::new(self.clone(), peer.clone(), &info, track)
+    }
+
+    /// How the connection to `peer` runs now: direct, through a relay, or both while iroh
+    /// checks a direct path; `None` when not connected. Says whether a relay carries the bytes.
+    pub async fn path(&self, peer: &PeerAddr) -> Option<ConnectionType> {
+        use iroh::Watcher as _;
+        let node = identity::id52_to_node_id(&peer.id52).ok()?;
+        let slot = {
+            let map = self.inner.connections.lock().unwrap_or_else(|e| e.into_inner());
+            map.get(&node).cloned()?
+        };
+        let guard = slot.lock().await;
+        guard.conn.as_ref()?;
+        let endpoint = guard.endpoint.as_ref().unwrap_or(&self.inner.endpoint);
+        endpoint.conn_type(node).map(|mut watcher| watcher.get())
     }
 
     /// Sends an already framed request and returns the response header and whatever bytes
@@ -348,7 +370,7 @@ impl Client {
                 old.close().await;
             }
             guard.endpoint =
-                Some(bind_endpoint(self.inner.redial_bind, self.inner.internet, &self.inner.secret).await?);
+                Some(bind_endpoint(self.inner.redial_bind, &self.inner.reach, &self.inner.secret).await?);
         }
         let endpoint = guard.endpoint.as_ref().unwrap_or(&self.inner.endpoint);
         let peer = identity::node_id_to_id52(&addr.node_id);

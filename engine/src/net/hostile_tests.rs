@@ -145,7 +145,7 @@ enum Misbehaviour {
 /// and every read with `how`. Returns its address and the endpoint (dropping it stops it).
 async fn raw_server(how: Misbehaviour) -> (PeerAddr, Endpoint) {
     let key = fastn_id52::SecretKey::generate();
-    let endpoint = endpoint_builder(loopback(), false)
+    let endpoint = endpoint_builder(loopback(), &super::reach::Reach::direct())
         .secret_key(identity::to_iroh_secret(&key))
         .alpns(vec![ALPN.to_vec()])
         .bind()
@@ -225,7 +225,11 @@ async fn a_server_that_sends_more_than_it_announced_is_a_protocol_error() {
 
 /// A bare endpoint with its own identity, for opening connections by hand.
 async fn raw_endpoint(key: &fastn_id52::SecretKey) -> Endpoint {
-    endpoint_builder(loopback(), false).secret_key(identity::to_iroh_secret(key)).bind().await.expect("bind")
+    endpoint_builder(loopback(), &super::reach::Reach::direct())
+        .secret_key(identity::to_iroh_secret(key))
+        .bind()
+        .await
+        .expect("bind")
 }
 
 /// The application close code of a connection once the server has closed it, waiting up to

@@ -10,6 +10,7 @@
 //!   a [`crate::RangeSource`] over a remote track.
 //! - [`folder`]: a ready-made provider serving a root folder of meetings.
 //! - [`identity`]: ID52 key files and their iroh equivalents.
+//! - [`reach`]: relays and discovery (none, n0's, or your own relay and pkarr relay).
 //! - `strangers` (tests and benches, feature `test-utils`): crowds of hostile identities that
 //!   idle, stall mid-header or stall mid-handshake.
 //!
@@ -21,13 +22,16 @@ pub mod folder;
 mod hostile_tests;
 pub mod identity;
 pub mod protocol;
+pub mod reach;
 pub mod server;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod strangers;
 
 pub use client::{Client, PeerAddr, RemoteTrack};
 pub use folder::FolderProvider;
+pub use iroh::endpoint::ConnectionType;
 pub use protocol::{
     ErrorCode, NetError, ReadWindow, StreamInfo, TrackInfo, ALPN, STREAM_GET, STREAM_READ_RANGE,
 };
+pub use reach::{Discovery, Reach, Relays};
 pub use server::{Server, ServerHandle};

@@ -179,6 +179,9 @@ pub enum NetError {
     /// Key file or ID52 problems.
     #[error("identity: {0}")]
     Identity(String),
+    /// A relay or discovery setting that cannot be used (a malformed URL).
+    #[error("reach: {0}")]
+    Config(String),
 }
 
 impl NetError {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use iroh::endpoint::{Connecting, Connection, Incoming, RecvStream, SendStream, TransportConfig, VarInt};
-use iroh::{Endpoint, NodeAddr, NodeId, RelayMode};
+use iroh::{Endpoint, NodeAddr, NodeId};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -48,6 +48,7 @@ use super::protocol::{
     Request, ResponseHeader, StreamInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_SHUTDOWN,
     CLOSE_UNAUTHORIZED, MAX_REQUEST_HEADER,
 };
+use super::reach::Reach;
 
 /// Describes a stream: `Ok(None)` when there is no such stream. The server replaces
 /// `read_window` with its own.
@@ -114,7 +115,7 @@ impl Server {
             first_request_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
             bind: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-            internet: false,
+            reach: Reach::direct(),
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -150,8 +151,8 @@ pub struct ServerBuilder<R, L> {
     /// get `busy`.
     max_requests_per_connection: usize,
     bind: SocketAddr,
-    /// n0 relays and DNS discovery, so a bare ID52 reaches us; off for loopback/LAN.
-    internet: bool,
+    /// Relays and discovery, so a bare ID52 reaches us; none for loopback/LAN.
+    reach: Reach,
     /// How long shutdown waits for in-flight requests.
     shutdown_timeout: Duration,
 }
@@ -162,7 +163,7 @@ impl<R, L> std::fmt::Debug for ServerBuilder<R, L> {
             .field("allow", &self.allow)
             .field("window", &self.window)
             .field("bind", &self.bind)
-            .field("internet", &self.internet)
+            .field("reach", &self.reach)
             .finish_non_exhaustive()
     }
 }
@@ -219,9 +220,16 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
         self.bind = addr;
         self
     }
-    /// Turns n0 relays and discovery on (internet) or off (loopback/LAN, the default).
+    /// Turns n0 relays and discovery on (internet) or off (loopback/LAN, the default);
+    /// shorthand for [`Self::reach`] with [`Reach::n0`] or [`Reach::direct`].
     pub fn internet(mut self, on: bool) -> Self {
-        self.internet = on;
+        self.reach = if on { Reach::n0() } else { Reach::direct() };
+        self
+    }
+    /// Relays to be reached through and where to publish our address (own servers, n0's,
+    /// or none).
+    pub fn reach(mut self, reach: Reach) -> Self {
+        self.reach = reach;
         self
     }
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -247,7 +255,7 @@ impl<R: Resolver, L: Loader> ServerBuilder<R, L> {
         transport.max_concurrent_bidi_streams(VarInt::from_u32(streams));
         transport.max_concurrent_uni_streams(VarInt::from_u32(0));
         transport.congestion_controller_factory(congestion_controller());
-        let endpoint = endpoint_builder(self.bind, self.internet)
+        let endpoint = endpoint_builder(self.bind, &self.reach)
             .secret_key(identity::to_iroh_secret(&key))
             .alpns(vec![ALPN.to_vec()])
             .transport_config(transport)
@@ -298,21 +306,10 @@ fn congestion_controller() -> Arc<dyn iroh::endpoint::ControllerFactory + Send +
     Arc::new(bbr)
 }
 
-/// An iroh endpoint builder for loopback/LAN (no relays, no discovery) or the internet (n0
-/// relays and DNS discovery). No local-network discovery: it needs multicast, which many
-/// machines lack, and direct addresses cover the LAN.
-pub(crate) fn endpoint_builder(bind: SocketAddr, internet: bool) -> iroh::endpoint::Builder {
-    let builder = Endpoint::builder();
-    let builder = if internet {
-        builder.relay_mode(RelayMode::Default).discovery_n0()
-    } else {
-        // An empty static provider rather than none: with no discovery at all, every dial
-        // makes iroh build a "no discovery configured" error, and with RUST_BACKTRACE=1 that
-        // error's backtrace costs a quarter of a second per connection.
-        builder
-            .relay_mode(RelayMode::Disabled)
-            .discovery(iroh::discovery::static_provider::StaticProvider::new())
-    };
+/// An iroh endpoint builder with the relays and discovery of `reach`. No local-network
+/// discovery: it needs multicast, which many machines lack, and direct addresses cover the LAN.
+pub(crate) fn endpoint_builder(bind: SocketAddr, reach: &Reach) -> iroh::endpoint::Builder {
+    let builder = reach.apply(Endpoint::builder());
     match bind {
         SocketAddr::V4(v4) => builder.bind_addr_v4(v4),
         SocketAddr::V6(v6) => builder.bind_addr_v6(v6),

@@ -78,7 +78,9 @@ impl Strangers {
         let counts = Arc::new(StrangerCounts::default());
         let binds = (0..count).map(|_| {
             let key = identity::to_iroh_secret(&fastn_id52::SecretKey::generate());
-            endpoint_builder(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false).secret_key(key).bind()
+            endpoint_builder(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &super::reach::Reach::direct())
+                .secret_key(key)
+                .bind()
         });
         let endpoints: Vec<Endpoint> =
             futures::future::try_join_all(binds).await.map_err(std::io::Error::other)?;
