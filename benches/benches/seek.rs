@@ -30,8 +30,8 @@ use tandem_benches::gst_play::GstOptions;
 use tandem_benches::nginx::Nginx;
 use tandem_benches::peer::Loopback;
 use tandem_benches::report::{smoke, write_part, Figure};
-use tandem_benches::tracks::{decode_limit, InMemoryTrack, MeetingInfo, Track};
 use tandem_benches::seeks::{http_name, run_gst, run_ours, targets, Mode, Runs};
+use tandem_benches::tracks::{decode_limit, InMemoryTrack, MeetingInfo, Track};
 use tandem_benches::{bench_minutes, fixture_meeting, long_meeting, meetings_dir, summary};
 use tandem_fixtures::Variant;
 

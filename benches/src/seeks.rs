@@ -103,7 +103,14 @@ pub struct Landing {
 }
 
 /// Whether the seek numbered `gen` to `t` landed.
-pub fn landed(log: &[Rendered], gen: u64, t: MediaTime, videos: &[&Track], mode: Mode, audio: bool) -> Landing {
+pub fn landed(
+    log: &[Rendered],
+    gen: u64,
+    t: MediaTime,
+    videos: &[&Track],
+    mode: Mode,
+    audio: bool,
+) -> Landing {
     let mut last = None::<Instant>;
     let mut wrong = false;
     let mut audio_late_ms = 0.0;
@@ -315,4 +322,3 @@ pub fn targets(info: &MeetingInfo, n: usize, seed: u64) -> Vec<MediaTime> {
     let end = info.duration.as_millis() - 1500;
     (0..n).map(|_| MediaTime::from_millis(rng.gen_range(0..end))).collect()
 }
-
