@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 #[derive(Debug)]
 pub struct Nginx {
     child: Child,
+    host: Ipv4Addr,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -30,7 +31,14 @@ fn nginx_binary() -> Result<PathBuf> {
 impl Nginx {
     /// Serves `root` on a free loopback port.
     pub fn serve(root: &Path) -> Result<Nginx> {
+        Nginx::serve_on(root, Ipv4Addr::LOCALHOST, |binary| Command::new(binary))
+    }
+
+    /// Serves `root` on `host`, nginx started by `launch(nginx binary)` (`ip netns exec ...`
+    /// for a server on the far side of a shaped link); the calling thread must reach `host`.
+    pub fn serve_on(root: &Path, host: Ipv4Addr, launch: impl FnOnce(&Path) -> Command) -> Result<Nginx> {
         let binary = nginx_binary()?;
+        // A port free here; the far side's namespace has nothing else listening.
         let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
         let dir = tempfile::tempdir()?;
         let t = dir.path().display();
@@ -50,7 +58,7 @@ impl Nginx {
                types {{ video/mp4 mp4; video/webm webm; video/x-matroska mkv; audio/ogg ogg; audio/mpeg mp3; }}\n\
                sendfile on;\n\
                server {{\n\
-                 listen 127.0.0.1:{port};\n\
+                 listen {host}:{port};\n\
                  root {};\n\
                }}\n\
              }}\n",
@@ -58,7 +66,7 @@ impl Nginx {
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let child = Command::new(binary)
+        let child = launch(&binary)
             .arg("-p")
             .arg(dir.path())
             .arg("-e")
@@ -71,9 +79,9 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting nginx")?;
-        let mut nginx = Nginx { child, port, dir };
+        let mut nginx = Nginx { child, host, port, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        while TcpStream::connect_timeout(&(host, port).into(), Duration::from_secs(2)).is_err() {
             if let Some(status) = nginx.child.try_wait()? {
                 let log = std::fs::read_to_string(nginx.dir.path().join("error.log")).unwrap_or_default();
                 bail!("nginx exited ({status}): {log}");
@@ -86,9 +94,9 @@ impl Nginx {
         Ok(nginx)
     }
 
-    /// `http://127.0.0.1:<port>/` followed by `path` (relative to the served root).
+    /// `http://<host>:<port>/` followed by `path` (relative to the served root).
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
+        format!("http://{}:{}/{path}", self.host, self.port)
     }
 
     /// Requests served so far and the bytes of their bodies (from the access log).

@@ -131,6 +131,12 @@ const REQUIRED: &[&str] = &[
     "open_first_frame_p2p",
     "rss_60min_over_1min",
     "transport_1mib_vs_raw_quic",
+    "link_far_open_first_frame",
+    "link_far_seek_accurate_p50",
+    "link_far_seek_accurate_p50_vs_http",
+    "link_far_stalls",
+    "link_lossy_stalls",
+    "link_short_audio_playing_goal",
 ];
 
 /// Gathers every `<bench>.json` in `dir` into `latest.json` and `latest.md`.

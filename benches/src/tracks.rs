@@ -139,7 +139,19 @@ pub struct DecodeJob {
     frames: Vec<(Sample, Bytes)>,
 }
 
+impl DecodeJob {
+    /// The coded bytes of the frames: what a seek must fetch of this track at least.
+    pub fn bytes(&self) -> u64 {
+        self.frames.iter().map(|(_, data)| data.len() as u64).sum()
+    }
+}
+
 impl InMemoryTrack {
+    /// The bytes the index read to open (headers, moov, SeekHead and Cues...).
+    pub fn index_open_bytes(&self) -> u64 {
+        self.index.open_cost().bytes
+    }
+
     pub fn load(track: &Track) -> Result<InMemoryTrack> {
         let data = Bytes::from(std::fs::read(&track.file)?);
         let index = TrackIndex::open(&track.name, &data)?;
