@@ -645,14 +645,17 @@ impl OggIndex {
     }
 
     /// A walker that begins up to one seek window before `target` (at a page of ours found
-    /// there), so the page at `target` gets exact times.
+    /// there), so the page at `target` gets exact times. Its first read reaches one seek
+    /// window past `target`, not a whole walk window: a seek needs the pages around its
+    /// target first, and on a far link each extra 256 KiB delays them (later walk windows
+    /// come as the walk goes).
     fn walker_before<'a>(&'a self, src: &'a dyn RangeSource, target: u64) -> Result<Walker<'a>, ParseError> {
         if target <= self.data_start {
             return Ok(self.walker(src, self.data_start));
         }
         let back = target.saturating_sub(SEEK_WINDOW).max(self.data_start);
         let mut walker = self.walker(src, target);
-        let buf = walker.wr.read_up_to(back, (target - back) + WALK_WINDOW, PAGE)?;
+        let buf = walker.wr.read_up_to(back, (target - back) + SEEK_WINDOW, PAGE)?;
         if let Some(page) = find_page(&buf, 0, back, Some(self.serial)) {
             if page.offset < target {
                 walker.pos = page.offset;

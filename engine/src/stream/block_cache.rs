@@ -5,6 +5,11 @@
 //! each repeat costs a round trip and its bytes again. Reads are served from the last
 //! [`CAPACITY`] blocks of [`BLOCK`] bytes; what is missing is fetched in one read per
 //! contiguous run. Media data itself does not come through here: the fetcher reads it once.
+//!
+//! A walk that goes on block after block (a Matroska cluster walked in small windows, Ogg
+//! pages, MP3 frames) would cost a round trip per block on a far link: a miss right after the
+//! previous one fetches more blocks than asked, twice as many each time, up to [`AHEAD_MOST`],
+//! as an operating system's page cache reads ahead of a file read in order.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -17,11 +22,16 @@ use crate::source::{check_range, RangeSource, SourceError};
 const BLOCK: u64 = 32 * 1024;
 /// Blocks kept (1 MiB).
 const CAPACITY: usize = 32;
+/// Most blocks a sequential miss fetches beyond what it asked (256 KiB).
+const AHEAD_MOST: u64 = 8;
 
 pub(crate) struct BlockCache {
     inner: Arc<dyn RangeSource>,
     /// Most recently used last.
     blocks: Mutex<VecDeque<(u64, Bytes)>>,
+    /// The block after the last one fetched, and how many blocks the next sequential miss
+    /// fetches beyond what it asks.
+    ahead: Mutex<(u64, u64)>,
 }
 
 impl BlockCache {
@@ -29,7 +39,11 @@ impl BlockCache {
     pub(crate) const MOST_KEPT: u64 = BLOCK * CAPACITY as u64 / 2;
 
     pub(crate) fn new(inner: Arc<dyn RangeSource>) -> BlockCache {
-        BlockCache { inner, blocks: Mutex::new(VecDeque::with_capacity(CAPACITY)) }
+        BlockCache {
+            inner,
+            blocks: Mutex::new(VecDeque::with_capacity(CAPACITY)),
+            ahead: Mutex::new((u64::MAX, 0)),
+        }
     }
 
     fn cached(&self, block: u64) -> Option<Bytes> {
@@ -39,6 +53,10 @@ impl BlockCache {
         let data = entry.1.clone();
         blocks.push_back(entry);
         Some(data)
+    }
+
+    fn contains(&self, block: u64) -> bool {
+        self.blocks.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(b, _)| *b == block)
     }
 
     fn insert(&self, block: u64, data: Bytes) {
@@ -85,6 +103,25 @@ fn join(mut parts: Vec<Bytes>, skip: u64, len: u64) -> Bytes {
     out.freeze()
 }
 
+impl BlockCache {
+    /// Where a fetch of the missing blocks `run_start..run_end` stops: further when it follows
+    /// the previous fetch (see the module doc).
+    fn fetch_end(&self, run_start: u64, run_end: u64, size: u64) -> u64 {
+        let blocks_in_file = size.div_ceil(BLOCK);
+        let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, extra) = *ahead;
+        let extra = if run_start == next { (extra * 2).clamp(1, AHEAD_MOST) } else { 0 };
+        let most = (run_end + extra).min(blocks_in_file);
+        // Up to the first block already here (a read ahead may have fetched it).
+        let mut end = run_end;
+        while end < most && !self.contains(end) {
+            end += 1;
+        }
+        *ahead = (end, extra);
+        end
+    }
+}
+
 impl RangeSource for BlockCache {
     fn len(&self) -> u64 {
         self.inner.len()
@@ -112,13 +149,19 @@ impl RangeSource for BlockCache {
             while b <= last && parts[(b - first) as usize].is_none() {
                 b += 1;
             }
+            let fetch_end = self.fetch_end(run_start, b, size);
             let from = run_start * BLOCK;
-            let to = (b * BLOCK).min(size);
+            let to = (fetch_end * BLOCK).min(size);
             let data = self.inner.read_range(from, to - from)?;
             if data.len() as u64 != to - from {
                 return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
             }
-            for block in run_start..b {
+            for block in run_start..fetch_end {
+                if block > last {
+                    let at = ((block - run_start) * BLOCK) as usize;
+                    self.insert(block, data.slice(at..(at + BLOCK as usize).min(data.len())));
+                    continue;
+                }
                 let at = ((block - run_start) * BLOCK) as usize;
                 let end = (at + BLOCK as usize).min(data.len());
                 let piece = data.slice(at..end);
@@ -134,6 +177,28 @@ impl RangeSource for BlockCache {
 mod tests {
     use super::*;
     use crate::source::CountingSource;
+
+    #[test]
+    fn a_walk_block_after_block_fetches_ahead_in_growing_reads() {
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let counted = Arc::new(CountingSource::new(Bytes::from(data.clone())));
+        let cache = BlockCache::new(counted.clone());
+        // A walk in 4 KiB steps over 1.5 MB: one read per block would be 46.
+        let mut at = 100_000u64;
+        while at < 1_600_000 {
+            assert_eq!(
+                &cache.read_range(at, 4096).expect("read")[..],
+                &data[at as usize..at as usize + 4096]
+            );
+            at += 4096;
+        }
+        let reads = counted.cost().reads;
+        assert!(reads <= 10, "{reads} reads for a sequential walk");
+        // A jump elsewhere fetches what it asks, no more.
+        let before = counted.cost();
+        cache.read_range(1_900_000, 10).expect("jump");
+        assert_eq!(counted.cost().bytes - before.bytes, BLOCK);
+    }
 
     #[test]
     fn serves_overlapping_reads_from_blocks_and_fetches_only_what_is_missing() {
