@@ -11,7 +11,8 @@
 //! - [`manifest`]: the `meeting.json` schema a recording folder carries.
 //! - `net` (cargo feature `net`, on by default): the peer protocol (`stream.get`,
 //!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
-//!   spec and knows nothing about media. Without the feature the crate is the parsers alone
+//!   spec: names, kinds, sizes and timeline placement, never a codec. Without the feature the
+//!   crate is the parsers alone
 //!   (what the fuzz targets build).
 //! - `stream` (cargo feature `stream`, implied by `net` and `player`): the stream layer any
 //!   app can embed, free of GStreamer: a meeting's tracks subscribed as handles, each a
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod index;
+#[cfg(feature = "stream")]
 mod lock;
 pub mod manifest;
 #[cfg(feature = "net")]

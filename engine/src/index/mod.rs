@@ -118,15 +118,17 @@ pub struct TrackInfo {
     pub audio: Option<AudioInfo>,
 }
 
-/// Where sample iteration resumes. Table-based containers (MP4) count samples in decode
-/// order; the others resume at a byte offset (a Matroska cluster, an Ogg page, an MP3 frame).
+/// Where sample iteration resumes: opaque, only the index that made it understands it (pass
+/// it back to [`TrackIndex::samples`]). Inside, table-based containers (MP4) count samples in
+/// decode order; the others resume at a byte offset (a Matroska cluster, an Ogg page, an MP3
+/// frame) and a count within it.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
 )]
 pub struct ReadPos {
-    pub offset: u64,
-    /// Sample number in decode order (MP4); 0 where the container resumes by offset alone.
-    pub sample: u64,
+    pub(crate) offset: u64,
+    /// Sample number in decode order (MP4), or within the unit at `offset`.
+    pub(crate) sample: u64,
 }
 
 /// A point decoding can start from, and the bytes that hold it.

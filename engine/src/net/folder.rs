@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::protocol::{ErrorCode, NetError, ReadWindow, SegmentInfo, StreamInfo, TrackInfo};
+use super::protocol::{ErrorCode, NetError, ReadWindow, SegmentInfo, StreamInfo, TrackEntry};
 use super::server::{Loader, Resolver, Server, ServerBuilder};
 use crate::manifest::{is_safe_name, Manifest, ManifestTrack};
 use crate::source::{FileSource, RangeSource, SourceError};
@@ -164,7 +164,7 @@ impl FolderProvider {
                     NetError::status(ErrorCode::Internal, format!("track {:?}: {}", track.name, e.kind()))
                 })?
                 .len();
-            tracks.push(TrackInfo {
+            tracks.push(TrackEntry {
                 name: track.name.clone(),
                 kind: track.kind,
                 role: track.role.clone(),

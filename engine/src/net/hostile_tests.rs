@@ -17,7 +17,7 @@ use super::client::{Client, PeerAddr, MAX_READS_IN_FLIGHT};
 use super::identity;
 use super::protocol::{
     encode_frame, read_frame, ErrorCode, NetError, ReadRangeOk, ReadWindow, Request, ResponseHeader,
-    StreamInfo, TrackInfo, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
+    StreamInfo, TrackEntry, ALPN, CLOSE_BUSY, CLOSE_EVICTED, CLOSE_IDLE, CLOSE_UNAUTHORIZED,
     MAX_REQUEST_HEADER,
 };
 use super::server::{endpoint_builder, Server, ServerBuilder, ServerHandle};
@@ -34,7 +34,7 @@ fn info(window: ReadWindow) -> StreamInfo {
     StreamInfo {
         name: "s".into(),
         duration_ms: None,
-        tracks: vec![TrackInfo {
+        tracks: vec![TrackEntry {
             name: "t".into(),
             kind: crate::manifest::TrackKind::Video,
             role: crate::manifest::Role::Camera,

@@ -31,7 +31,7 @@ pub use client::{Client, PeerAddr, RemoteTrack};
 pub use folder::FolderProvider;
 pub use iroh::endpoint::ConnectionType;
 pub use protocol::{
-    ErrorCode, NetError, ReadWindow, StreamInfo, TrackInfo, ALPN, STREAM_GET, STREAM_READ_RANGE,
+    ErrorCode, NetError, ReadWindow, StreamInfo, TrackEntry, ALPN, STREAM_GET, STREAM_READ_RANGE,
 };
 pub use reach::{Discovery, Reach, Relays};
 pub use server::{Server, ServerHandle};

@@ -317,12 +317,12 @@ pub struct StreamInfo {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    pub tracks: Vec<TrackInfo>,
+    pub tracks: Vec<TrackEntry>,
     pub read_window: ReadWindow,
 }
 
 impl StreamInfo {
-    pub fn track(&self, name: &str) -> Option<&TrackInfo> {
+    pub fn track(&self, name: &str) -> Option<&TrackEntry> {
         self.tracks.iter().find(|t| t.name == name)
     }
 }
@@ -331,7 +331,7 @@ impl StreamInfo {
 /// gap policy are the manifest's own types: a kind or gap policy a client does not know makes
 /// the description malformed (an error naming it), never a guess; a role is free text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackInfo {
+pub struct TrackEntry {
     pub name: String,
     pub kind: TrackKind,
     #[serde(default)]
@@ -503,19 +503,19 @@ mod tests {
                 r#"{{"name":"t","kind":"{kind}","role":"{role}","size":1,"segments":[],"gap_policy":"{gap}"}}"#
             )
         };
-        let known: TrackInfo = serde_json::from_str(&track("video", "screen", "freeze")).expect("known");
+        let known: TrackEntry = serde_json::from_str(&track("video", "screen", "freeze")).expect("known");
         assert_eq!(
             (known.kind, known.role, known.gap_policy),
             (TrackKind::Video, Role::Screen, Some(GapPolicy::Freeze))
         );
-        let free: TrackInfo =
+        let free: TrackEntry =
             serde_json::from_str(&track("audio", "interpreter", "silence")).expect("free role");
         assert_eq!(free.role, Role::Other("interpreter".into()));
         assert_eq!(serde_json::to_value(&free).expect("json")["role"], "interpreter");
         let gap =
-            serde_json::from_str::<TrackInfo>(&track("video", "camera", "blur")).expect_err("unknown gap");
+            serde_json::from_str::<TrackEntry>(&track("video", "camera", "blur")).expect_err("unknown gap");
         assert!(gap.to_string().contains("blur"), "{gap}");
-        let kind = serde_json::from_str::<TrackInfo>(&track("hologram", "camera", "hide"))
+        let kind = serde_json::from_str::<TrackEntry>(&track("hologram", "camera", "hide"))
             .expect_err("unknown kind");
         assert!(kind.to_string().contains("hologram"), "{kind}");
     }
