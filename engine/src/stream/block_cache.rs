@@ -4,7 +4,8 @@
 //! resumes at; Matroska without Cues bisects; MP3 walks frame headers): over a slow or far link
 //! each repeat costs a round trip and its bytes again. Reads are served from the last
 //! [`CAPACITY`] blocks of [`BLOCK`] bytes; what is missing is fetched in one read per
-//! contiguous run. Media data itself does not come through here: the fetcher reads it once.
+//! contiguous run. Media is fetched once: the fetch worker takes from here what an index walk
+//! already fetched (Ogg pages, MP3 frames, Matroska clusters) and reads the rest itself.
 //!
 //! A walk that goes on block after block (a Matroska cluster walked in small windows, Ogg
 //! pages, MP3 frames) would cost a round trip per block on a far link: a miss right after the
