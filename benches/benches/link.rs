@@ -39,6 +39,7 @@ use tandem::player::{Meeting, Player, PlayerOptions};
 use tandem::{FileSource, MediaTime};
 use tandem_benches::gst_play::{GstMeeting, GstOptions, Rendered};
 use tandem_benches::nginx::Nginx;
+use tandem_benches::opens::wait_first;
 use tandem_benches::report::{smoke, write_part, Figure};
 use tandem_benches::seeks::{http_name as http_name_of, run_gst, run_ours, targets, Mode, Runs};
 use tandem_benches::tracks::{InMemoryTrack, MeetingInfo, Track};
@@ -110,30 +111,6 @@ impl Dialer {
     }
 }
 
-/// When every track showing something at zero first handed over a buffer, after `start`.
-fn first_frames(log: &Mutex<Vec<Rendered>>, info: &MeetingInfo, start: Instant) -> Option<Duration> {
-    let log = log.lock().unwrap_or_else(|e| e.into_inner());
-    let mut last = start;
-    for track in info.tracks.iter().filter(|t| t.active(MediaTime::ZERO)) {
-        let first = log
-            .iter()
-            .find(|r| r.track == track.name && if r.video { r.stamp.is_some() } else { !r.preroll })?;
-        last = last.max(first.at);
-    }
-    Some(last.duration_since(start))
-}
-
-fn wait_first(log: &Mutex<Vec<Rendered>>, info: &MeetingInfo, start: Instant) -> Result<Duration> {
-    let deadline = Instant::now() + OPEN_TIMEOUT;
-    loop {
-        if let Some(d) = first_frames(log, info, start) {
-            return Ok(d);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no first frame on every track within {OPEN_TIMEOUT:?}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Ours: from nothing (a fresh client) to every first frame.
 fn open_ours(dialer: &Dialer, served: &Served) -> Result<Duration> {
     let log: Arc<Mutex<Vec<Rendered>>> = Arc::default();
@@ -144,7 +121,7 @@ fn open_ours(dialer: &Dialer, served: &Served) -> Result<Duration> {
         PlayerOptions { output: ours::output(log.clone(), false), ..Default::default() },
     )?;
     player.play()?;
-    let took = wait_first(&log, &served.info, start);
+    let took = wait_first(&log, &served.info, start, OPEN_TIMEOUT);
     drop(player);
     dialer.runtime.block_on(client.close());
     took
@@ -157,7 +134,7 @@ fn open_gst(served: &Served) -> Result<Duration> {
     let start = Instant::now();
     let gst = GstMeeting::open(&served.info.tracks, served.info.duration, options)?;
     gst.play()?;
-    wait_first(&log, &served.info, start)
+    wait_first(&log, &served.info, start, OPEN_TIMEOUT)
 }
 
 /// What was heard while playing: the audio's playing time over the wall time, and stalls.

@@ -23,36 +23,15 @@ use tandem::player::{Meeting, Player, PlayerOptions};
 use tandem::MediaTime;
 use tandem_benches::gst_play::{GstMeeting, GstOptions, Rendered};
 use tandem_benches::nginx::Nginx;
+use tandem_benches::opens::wait_first;
 use tandem_benches::peer::Loopback;
 use tandem_benches::report::{smoke, write_part, Figure};
 use tandem_benches::tracks::{MeetingInfo, Track};
 use tandem_benches::{bench_minutes, long_meeting, meetings_dir, ms, ours, quantile};
 use tandem_fixtures::Variant;
 
-/// When every track showing something at zero first handed over a buffer, after `start`.
-fn first_frames(log: &Mutex<Vec<Rendered>>, info: &MeetingInfo, start: Instant) -> Option<Duration> {
-    let log = log.lock().unwrap_or_else(|e| e.into_inner());
-    let mut last = start;
-    for track in info.tracks.iter().filter(|t| t.active(MediaTime::ZERO)) {
-        // Video: the first frame, prerolled or played; audio: the first buffer played.
-        let first = log
-            .iter()
-            .find(|r| r.track == track.name && if r.video { r.stamp.is_some() } else { !r.preroll })?;
-        last = last.max(first.at);
-    }
-    Some(last.duration_since(start))
-}
-
-fn wait_first(log: &Mutex<Vec<Rendered>>, info: &MeetingInfo, start: Instant) -> Result<Duration> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(d) = first_frames(log, info, start) {
-            return Ok(d);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "no first frame on every track within 30 s");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+/// How long a first frame may take before the open counts as failed.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One open of ours: time, bytes read, range reads.
 fn open_ours(info: &MeetingInfo, meeting: impl FnOnce() -> Result<Meeting>) -> Result<(Duration, u64, u64)> {
@@ -64,7 +43,7 @@ fn open_ours(info: &MeetingInfo, meeting: impl FnOnce() -> Result<Meeting>) -> R
         PlayerOptions { output: ours::output(log.clone(), false), ..Default::default() },
     )?;
     player.play()?;
-    let time = wait_first(&log, info, start)?;
+    let time = wait_first(&log, info, start, OPEN_TIMEOUT)?;
     let (mut bytes, mut reads) = (0, 0);
     for t in &info.tracks {
         if let Some(s) = player.track_stats(&t.name) {
@@ -80,7 +59,7 @@ fn open_gst(info: &MeetingInfo, options: GstOptions) -> Result<Duration> {
     let start = Instant::now();
     let gst = GstMeeting::open(&info.tracks, info.duration, options)?;
     gst.play()?;
-    wait_first(&log, info, start)
+    wait_first(&log, info, start, OPEN_TIMEOUT)
 }
 
 #[derive(Debug, Default)]

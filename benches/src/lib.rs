@@ -13,6 +13,7 @@
 
 pub mod gst_play;
 pub mod nginx;
+pub mod opens;
 pub mod ours;
 pub mod peer;
 pub mod report;

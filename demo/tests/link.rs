@@ -4,19 +4,17 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use common::Child;
 use tandem_tests::link::{Namespace, Shape, ShapedLink};
 
 /// `meeting-replay serve <root>` inside `ns` on its address: the child, its ID52 and address.
 fn serve_in(ns: &Namespace, root: &Path, key: &Path) -> Result<(Child, String, String)> {
-    let mut child = ns
-        .command(env!("CARGO_BIN_EXE_meeting-replay"))
+    let mut command = ns.command(env!("CARGO_BIN_EXE_meeting-replay"));
+    command
         .args([
             "serve",
             &root.to_string_lossy(),
@@ -25,35 +23,12 @@ fn serve_in(ns: &Namespace, root: &Path, key: &Path) -> Result<(Child, String, S
             &format!("{}:0", ns.addr()),
             "--key",
         ])
-        .arg(key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting meeting-replay serve in the namespace")?;
-    let stdout = child.stdout.take().context("serve without stdout")?;
-    let child = Child(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+        .arg(key);
+    let (child, id52, lines) = common::start_serve(command)?;
     let prefix = format!("listening on {}:", ns.addr());
-    let (mut id52, mut addr) = (None, None);
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
-        if let Some(rest) = line.strip_prefix("serving ") {
-            id52 = rest.rsplit(" as ").next().map(str::to_string);
-        }
-        if line.starts_with(&prefix) {
-            addr = line.strip_prefix("listening on ").map(str::to_string);
-        }
-        if line.starts_with("meetings:") {
-            break;
-        }
-    }
-    match (id52, addr) {
-        (Some(id52), Some(addr)) => Ok((child, id52, addr)),
-        _ => bail!("serve printed no ID52 or no address on {}", ns.addr()),
+    match lines.iter().find(|l| l.starts_with(&prefix)) {
+        Some(line) => Ok((child, id52, line.trim_start_matches("listening on ").to_string())),
+        None => bail!("serve printed no address on {}: {lines:?}", ns.addr()),
     }
 }
 

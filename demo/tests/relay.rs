@@ -6,10 +6,9 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use common::Child;
@@ -51,33 +50,12 @@ fn text(out: &Output) -> String {
 /// Starts `serve` in peer a and returns it with its ID52 (from its first line).
 fn serve(hub: &Hub, root: &Path, key: &Path) -> Result<(Child, String)> {
     let (relay, pkarr) = (hub.relay_url(), hub.pkarr_url());
-    let mut child = hub
-        .command(&hub.a, BIN)
+    let mut command = hub.command(&hub.a, BIN);
+    command
         .args(["serve", &root.to_string_lossy(), "--key", &key.to_string_lossy()])
-        .args(["--relay", &relay, "--pkarr", &pkarr])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting meeting-replay serve")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let child = Child(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(line) = rx.recv_timeout(left) else { break };
-        if let Some(id52) = line.strip_prefix("serving ").and_then(|l| l.rsplit(" as ").next()) {
-            return Ok((child, id52.trim().to_string()));
-        }
-        seen.push(line);
-    }
-    bail!("serve printed no ID52 within 20 s: {seen:?}")
+        .args(["--relay", &relay, "--pkarr", &pkarr]);
+    let (child, id52, _) = common::start_serve(command)?;
+    Ok((child, id52))
 }
 
 #[test]

@@ -22,6 +22,43 @@ impl Drop for Child {
     }
 }
 
+/// `meeting-replay serve` as `command` starts it (wherever it runs: a network namespace, say),
+/// once it has said who it is: the child, its ID52, and every line it printed up to its list
+/// of meetings (its addresses among them).
+pub fn start_serve(mut command: Command) -> Result<(Child, String, Vec<String>)> {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting meeting-replay serve")?;
+    let stdout = child.stdout.take().context("serve without stdout")?;
+    let child = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut id52, mut lines) = (None, Vec::new());
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let Ok(line) = rx.recv_timeout(left) else { break };
+        if let Some(rest) = line.strip_prefix("serving ") {
+            id52 = rest.rsplit(" as ").next().map(|id| id.trim().to_string());
+        }
+        let done = line.starts_with("meetings:");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    match id52 {
+        Some(id52) => Ok((child, id52, lines)),
+        None => bail!("serve printed no ID52 within 20 s: {lines:?}"),
+    }
+}
+
 /// A virtual X server on a free display.
 pub struct Xvfb {
     _child: Child,

@@ -560,59 +560,6 @@ impl Inner {
             .collect()
     }
 
-    pub(crate) fn track_kind(&self, track: &str) -> Option<TrackKind> {
-        lock(&self.tracks).iter().map(Runtime::desc).find(|d| &*d.name == track).map(|d| d.kind)
-    }
-
-    /// Media fetched ahead of `position` on `track`; `None` once it has sent all it has.
-    pub(crate) fn lead(&self, track: &str, position: MediaTime) -> Option<MediaTime> {
-        let stats = lock(&self.stats).get(track).cloned()?;
-        let until = stats.buffered_until();
-        (until != MediaTime::MAX).then(|| until.saturating_sub(position))
-    }
-
-    /// Every subscribed audio track (one at least) has enough to resume.
-    pub(crate) fn audio_ready(&self, position: MediaTime) -> bool {
-        let high = clock::HIGH_WATER.min(self.options.buffer_target);
-        let audio: Vec<Arc<str>> = lock(&self.tracks)
-            .iter()
-            .map(Runtime::desc)
-            .filter(|d| d.kind == TrackKind::Audio)
-            .map(|d| d.name.clone())
-            .collect();
-        !audio.is_empty() && audio.iter().all(|t| self.lead(t, position).is_none_or(|lead| lead >= high))
-    }
-
-    pub(crate) fn is_degraded(&self, track: &str) -> bool {
-        lock(&self.degraded).iter().any(|t| &**t == track)
-    }
-
-    pub(crate) fn degraded_tracks(&self) -> Vec<Arc<str>> {
-        lock(&self.degraded).clone()
-    }
-
-    /// The clock stops (or starts again) waiting for a video track, which catches up at its
-    /// keyframes meanwhile.
-    pub(crate) fn set_degraded(&self, track: &Arc<str>, on: bool, at: MediaTime) {
-        {
-            let mut degraded = lock(&self.degraded);
-            degraded.retain(|t| t != track);
-            if on {
-                degraded.push(track.clone());
-            }
-        }
-        for runtime in lock(&self.tracks).iter() {
-            if let Runtime::Media { desc, subscription, branch, .. } = runtime {
-                if desc.name == *track {
-                    subscription.set_catch_up(on);
-                    branch.set_degraded(on);
-                }
-            }
-        }
-        tracing::info!(%track, degraded = on, %at, "the link cannot carry every track");
-        self.events.send(PlayerEvent::Degraded { track: track.clone(), degraded: on, at });
-    }
-
     /// Pauses while a track runs dry; resumes when all have enough.
     pub(crate) fn set_buffering(&self, on: bool) {
         let position = self.position().unwrap_or_default();

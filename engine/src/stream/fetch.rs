@@ -27,6 +27,7 @@ use super::figures::TrackFigures;
 use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
 use super::read_ahead::ReadAhead;
+use super::sizer::RecentWaits;
 use super::timeline::{Place, Span};
 use super::{RequestSizer, Shared};
 use crate::index::{Codec, ReadPos, Sample, TrackIndex};
@@ -135,27 +136,6 @@ pub(crate) struct Fetcher {
     pub(crate) catch_up: Arc<AtomicBool>,
     pub(crate) sizer: RequestSizer,
     pub(crate) waits: RecentWaits,
-}
-
-/// The longest of the last few waits on the link (reads, index walks that read).
-#[derive(Debug, Default)]
-pub(crate) struct RecentWaits {
-    recent: VecDeque<Duration>,
-}
-
-impl RecentWaits {
-    const KEPT: usize = 16;
-
-    fn note(&mut self, wait: Duration) {
-        if self.recent.len() == Self::KEPT {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(wait);
-    }
-
-    fn longest(&self) -> Duration {
-        self.recent.iter().copied().max().unwrap_or_default()
-    }
 }
 
 /// State of one start's walk.

@@ -1,5 +1,6 @@
-//! Request sizing from what the link has shown.
+//! Request sizing, and the waits buffers must outlast, from what the link has shown.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// Sizes requests from what the link has shown: big enough that round trips do not dominate
@@ -50,6 +51,27 @@ impl RequestSizer {
 
     pub(crate) fn rtt(&self) -> Duration {
         self.rtt
+    }
+}
+
+/// The longest of the last few waits on the link (reads, index walks that read).
+#[derive(Debug, Default)]
+pub(crate) struct RecentWaits {
+    recent: VecDeque<Duration>,
+}
+
+impl RecentWaits {
+    const KEPT: usize = 16;
+
+    pub(crate) fn note(&mut self, wait: Duration) {
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(wait);
+    }
+
+    pub(crate) fn longest(&self) -> Duration {
+        self.recent.iter().copied().max().unwrap_or_default()
     }
 }
 
