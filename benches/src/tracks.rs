@@ -105,7 +105,7 @@ impl MeetingInfo {
                 kind: t.kind,
                 file,
                 file_name: t.file().to_string(),
-                spans: t.segments.iter().map(Span::from_segment).collect(),
+                spans: t.segments.iter().map(|s| Span::from_segment(t, s)).collect(),
                 frames,
                 keyframes,
             });

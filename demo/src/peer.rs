@@ -282,7 +282,7 @@ pub fn info(args: InfoArgs) -> Result<()> {
                 t.kind,
                 t.role,
                 t.participant.as_deref().unwrap_or("-"),
-                t.size,
+                t.sizes.iter().map(u64::to_string).collect::<Vec<_>>().join("+"),
                 segments.join(", ")
             );
         }
@@ -310,7 +310,7 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
         let (client, peer) = dial(&args.dial, &id52).await?;
         let stream = client.get(&peer, &meeting).await.with_context(|| format!("stream.get {meeting}"))?;
         let remote = RemoteTrack::new(client.clone(), peer, &stream, &track)?;
-        let size = stream.track(&track).map(|t| t.size).unwrap_or(0);
+        let size = stream.track(&track).and_then(|t| t.size(0)).unwrap_or(0);
         let (start, len) = parse_range(&args.range, size)?;
         let step = stream.read_window.max.max(1);
         let pieces: Vec<(u64, u64)> =

@@ -7,11 +7,14 @@
 //!                 "gap_policy": "hide" } ] }
 //! ```
 //!
-//! A track is one byte stream (one file) placed on the meeting timeline by its segments: a
-//! recorder that pauses (a screen share stopped and started again) writes one file whose media
-//! time runs on, and each segment says where a stretch of it lands. Every segment of a track
-//! therefore names the same file; a manifest that splits a track over several files is refused
-//! with a clear error rather than half-played.
+//! A track is placed on the meeting timeline by its segments, each naming the file that holds
+//! its stretch of media. A recorder that pauses (a screen share stopped and started again) may
+//! write one file whose media time runs on, each segment saying where a stretch of it lands; or
+//! one file per stretch (a BigBlueButton camera that stops and starts, a voice recording cut by
+//! a recording pause), each segment naming its own. Segments naming the same file share it (one
+//! byte stream, one index); the track's files are numbered in the order its segments first name
+//! them ([`ManifestTrack::files`]), which is how the wire and the stream layer refer to them.
+//! The files of one track carry the same codec.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -180,9 +183,27 @@ impl Segment {
 }
 
 impl ManifestTrack {
-    /// The one file holding this track (validated to be the same for every segment).
+    /// The first file of this track (its only one, for a track in one file).
     pub fn file(&self) -> &str {
         self.segments.first().map(|s| s.file.as_str()).unwrap_or("")
+    }
+
+    /// The track's files, each once, in the order its segments first name them: file number
+    /// `n` on the wire and in [`crate::stream::Span::file`] is `files()[n]`.
+    pub fn files(&self) -> Vec<&str> {
+        let mut files: Vec<&str> = Vec::new();
+        for segment in &self.segments {
+            if !files.contains(&segment.file.as_str()) {
+                files.push(&segment.file);
+            }
+        }
+        files
+    }
+
+    /// The number of the file segment `segment` names (see [`ManifestTrack::files`]).
+    pub fn file_number(&self, segment: &Segment) -> u32 {
+        let position = self.files().iter().position(|f| *f == segment.file).unwrap_or(0);
+        u32::try_from(position).unwrap_or(u32::MAX)
     }
 }
 
@@ -241,9 +262,9 @@ impl Manifest {
             if !names.insert(track.name.as_str()) {
                 return Err(fail("appears twice".into()));
             }
-            let Some(first) = track.segments.first() else {
+            if track.segments.is_empty() {
                 return Err(fail("has no segments".into()));
-            };
+            }
             let mut previous_end: Option<u64> = None;
             for segment in &track.segments {
                 if !is_relative_file(&segment.file) {
@@ -251,11 +272,6 @@ impl Manifest {
                         "file {:?} must be a plain relative path inside the meeting folder",
                         segment.file
                     )));
-                }
-                if segment.file != first.file {
-                    return Err(fail(
-                        "segments name different files; split them into separate tracks".into(),
-                    ));
                 }
                 if let Some(end) = segment.end_ms {
                     if end <= segment.start_ms {
@@ -329,5 +345,20 @@ mod tests {
             assert!(Manifest::from_json(&bad).is_err(), "accepted {bad}");
         }
         assert!(matches!(Manifest::from_json("{"), Err(ManifestError::Json(_))));
+    }
+
+    #[test]
+    fn a_track_may_span_several_files_numbered_by_first_use() {
+        let text = GOOD.replacen(
+            "\"file\":\"s.mkv\",\"start_ms\":32000",
+            "\"file\":\"s2.mkv\",\"start_ms\":32000",
+            1,
+        );
+        let m = Manifest::from_json(&text).expect("several files");
+        let track = &m.tracks[0];
+        assert_eq!(track.files(), vec!["s.mkv", "s2.mkv"]);
+        assert_eq!(track.file_number(&track.segments[0]), 0);
+        assert_eq!(track.file_number(&track.segments[1]), 1);
+        assert!(Manifest::from_json(&text.replace("s2.mkv", "../s2.mkv")).is_err());
     }
 }

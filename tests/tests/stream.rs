@@ -30,23 +30,27 @@ fn drain(subscription: &Subscription) -> Result<Vec<Packet>> {
     }
 }
 
-/// ffprobe's packets of a track's file placed on the meeting timeline by the manifest's
-/// segments: (meeting ms, size, keyframe), in presentation order.
+/// ffprobe's packets of a track's files placed on the meeting timeline by the manifest's
+/// segments, each file by the segments naming it: (meeting ms, size, keyframe), in
+/// presentation order.
 fn expected_packets(
     dir: &std::path::Path,
     track: &tandem::manifest::ManifestTrack,
 ) -> Result<Vec<(f64, u64, bool)>> {
     let mut out = Vec::new();
-    for p in ffprobe_packets(&dir.join(track.file()))? {
-        let Some(media) = p.pts_ms else { continue };
-        for s in &track.segments {
-            let (start, media_start) = (s.start_ms as f64, s.media_start_ms as f64);
-            let len = s.end_ms.map(|e| e as f64 - start);
-            // The first segment also takes what comes before its media start (Opus pre-skip).
-            let first = std::ptr::eq(s, &track.segments[0]);
-            if (media >= media_start || first) && len.is_none_or(|l| media < media_start + l) {
-                out.push((media - media_start + start, p.size, p.keyframe));
-                break;
+    for file in track.files() {
+        let segments: Vec<_> = track.segments.iter().filter(|s| s.file == file).collect();
+        for p in ffprobe_packets(&dir.join(file))? {
+            let Some(media) = p.pts_ms else { continue };
+            for (i, s) in segments.iter().enumerate() {
+                let (start, media_start) = (s.start_ms as f64, s.media_start_ms as f64);
+                let len = s.end_ms.map(|e| e as f64 - start);
+                // A file's first segment also takes what comes before its media start (Opus
+                // pre-skip).
+                if (media >= media_start || i == 0) && len.is_none_or(|l| media < media_start + l) {
+                    out.push((media - media_start + start, p.size, p.keyframe));
+                    break;
+                }
             }
         }
     }
@@ -54,11 +58,11 @@ fn expected_packets(
     Ok(out)
 }
 
-/// Every audio and video packet of every track of `name`, read through `stream` from zero,
-/// against ffprobe.
-fn packets_match_ffprobe(name: &str, meeting: Meeting) -> Result<usize> {
-    let dir = fixture_meeting(name);
-    let manifest = Manifest::load(&dir)?;
+/// Every audio and video packet of every track of the meeting in `dir`, read through
+/// `meeting` from zero, against ffprobe.
+fn packets_match_ffprobe(dir: &std::path::Path, meeting: Meeting) -> Result<usize> {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let manifest = Manifest::load(dir)?;
     let stream = MeetingStream::open(meeting, StreamOptions::default());
     let mut compared = 0;
     for track in manifest.tracks.iter().filter(|t| t.kind != TrackKind::Captions) {
@@ -76,7 +80,7 @@ fn packets_match_ffprobe(name: &str, meeting: Meeting) -> Result<usize> {
             .map(|p| (p.pts.as_nanos() as f64 / 1e6, p.data.len() as u64, p.keyframe))
             .collect();
         ours.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let theirs = expected_packets(&dir, track)?;
+        let theirs = expected_packets(dir, track)?;
         ensure!(
             ours.len() == theirs.len(),
             "{name}/{}: {} packets, ffprobe {} (first ours {:?}, theirs {:?})",
@@ -106,7 +110,7 @@ fn packets_match_ffprobe(name: &str, meeting: Meeting) -> Result<usize> {
 #[test]
 fn every_packet_of_both_meetings_matches_ffprobe() -> Result<()> {
     for name in ["meeting", "meeting-webrtc"] {
-        let n = packets_match_ffprobe(name, Meeting::from_folder(fixture_meeting(name))?)?;
+        let n = packets_match_ffprobe(&fixture_meeting(name), Meeting::from_folder(fixture_meeting(name))?)?;
         eprintln!("{name}: {n} packets match ffprobe");
     }
     Ok(())
@@ -121,9 +125,63 @@ fn every_packet_from_a_loopback_peer_matches_ffprobe() -> Result<()> {
     let peer = net_common::peer_of(&server);
     for name in ["meeting", "meeting-webrtc"] {
         let meeting = rt.block_on(Meeting::from_peer(&client, &peer, name))?;
-        let n = packets_match_ffprobe(name, meeting)?;
+        let n = packets_match_ffprobe(&fixture_meeting(name), meeting)?;
         eprintln!("{name} from a peer: {n} packets match ffprobe");
     }
+    rt.block_on(server.shutdown());
+    Ok(())
+}
+
+/// A meeting whose camera is in two files (a camera stopped and started again) and whose
+/// mixed audio is in two files (a recording pause), cut from the committed fixtures with
+/// ffmpeg: `meeting.json` places each file by its own segment.
+fn split_meeting(root: &std::path::Path) -> Result<std::path::PathBuf> {
+    let src = fixture_meeting("meeting");
+    let dir = root.join("split");
+    std::fs::create_dir_all(&dir)?;
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let bob = s(&src.join("bob_video.webm"));
+    ffmpeg(&["-i", &bob, "-t", "20", "-c", "copy", &s(&dir.join("bob_1.webm"))])?;
+    ffmpeg(&["-ss", "24", "-i", &bob, "-c", "copy", &s(&dir.join("bob_2.webm"))])?;
+    let audio = s(&fixture_meeting("meeting-webrtc").join("mixed_audio.opus"));
+    ffmpeg(&["-i", &audio, "-t", "9", "-c", "copy", "-f", "ogg", &s(&dir.join("voice_1.opus"))])?;
+    ffmpeg(&["-ss", "11", "-i", &audio, "-c", "copy", "-f", "ogg", &s(&dir.join("voice_2.opus"))])?;
+    let manifest = serde_json::json!({
+        "name": "split", "duration_ms": 60000,
+        "tracks": [
+            {"name": "bob_video", "kind": "video", "role": "camera", "participant": "bob", "segments": [
+                {"file": "bob_1.webm", "start_ms": 5000, "end_ms": 19000},
+                {"file": "bob_2.webm", "start_ms": 27000, "end_ms": 45000}]},
+            {"name": "mixed_audio", "kind": "audio", "role": "mixed_audio", "segments": [
+                {"file": "voice_1.opus", "start_ms": 0, "end_ms": 8500},
+                {"file": "voice_2.opus", "start_ms": 33000}]}
+        ]
+    });
+    std::fs::write(dir.join("meeting.json"), serde_json::to_string_pretty(&manifest)?)?;
+    Ok(dir)
+}
+
+#[test]
+fn a_track_in_several_files_plays_each_file_where_its_segment_puts_it() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dir = split_meeting(root.path())?;
+    // Each file on its own, against ffprobe of that file placed by its segments.
+    let n = packets_match_ffprobe(&dir, Meeting::from_folder(&dir)?)?;
+    eprintln!("split from the folder: {n} packets match ffprobe");
+    // The same through a loopback peer: a size per file on the wire, reads of each file.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let (server, client) =
+        rt.block_on(async { (net_common::serve(root.path()).await, net_common::client().await) });
+    let peer = net_common::peer_of(&server);
+    let info = rt.block_on(client.get(&peer, "split"))?;
+    let bob = info.track("bob_video").context("bob_video on the wire")?;
+    let sizes =
+        [std::fs::metadata(dir.join("bob_1.webm"))?.len(), std::fs::metadata(dir.join("bob_2.webm"))?.len()];
+    ensure!(bob.sizes == sizes, "sizes on the wire {:?}, files {sizes:?}", bob.sizes);
+    ensure!(bob.segments.iter().map(|s| s.file).eq([0, 1]), "segment files {:?}", bob.segments);
+    let meeting = rt.block_on(Meeting::from_peer(&client, &peer, "split"))?;
+    let m = packets_match_ffprobe(&dir, meeting)?;
+    ensure!(m == n, "{m} packets from the peer, {n} from the folder");
     rt.block_on(server.shutdown());
     Ok(())
 }

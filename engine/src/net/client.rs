@@ -224,9 +224,26 @@ impl Client {
         len: u64,
         priority: Option<i32>,
     ) -> Result<Bytes, NetError> {
+        self.read_file_range(peer, stream, track, 0, start, len, priority).await
+    }
+
+    /// [`Client::read_range_prioritized`] of file `file` of a track in several files (see
+    /// [`super::TrackEntry::sizes`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_file_range(
+        &self,
+        peer: &PeerAddr,
+        stream: &str,
+        track: &str,
+        file: u32,
+        start: u64,
+        len: u64,
+        priority: Option<i32>,
+    ) -> Result<Bytes, NetError> {
         let request = Request::ReadRange(ReadRangeRequest {
             stream: stream.to_string(),
             track: track.to_string(),
+            file,
             start,
             len,
             priority,
@@ -488,6 +505,8 @@ pub struct RemoteTrack {
     peer: PeerAddr,
     stream: String,
     track: String,
+    /// Which of the track's files (0 for a track in one file).
+    file: u32,
     size: u64,
     window: ReadWindow,
     /// Send priority of this track's reads (see [`ReadRangeRequest::priority`]).
@@ -495,12 +514,24 @@ pub struct RemoteTrack {
 }
 
 impl RemoteTrack {
-    /// From a description already fetched with [`Client::get`].
+    /// From a description already fetched with [`Client::get`]: the track's first file (its
+    /// only one, for most tracks).
     pub fn new(
         client: Client,
         peer: PeerAddr,
         info: &StreamInfo,
         track: &str,
+    ) -> Result<RemoteTrack, NetError> {
+        RemoteTrack::file(client, peer, info, track, 0)
+    }
+
+    /// File `file` of a track in several files (see [`super::TrackEntry::sizes`]).
+    pub fn file(
+        client: Client,
+        peer: PeerAddr,
+        info: &StreamInfo,
+        track: &str,
+        file: u32,
     ) -> Result<RemoteTrack, NetError> {
         let t = info.track(track).ok_or_else(|| {
             NetError::status(
@@ -508,12 +539,19 @@ impl RemoteTrack {
                 format!("no track {track:?} in {:?}", info.name),
             )
         })?;
+        let size = t.size(file).ok_or_else(|| {
+            NetError::status(
+                super::protocol::ErrorCode::OutOfRange,
+                format!("track {track:?} of {:?} has {} file(s), no file {file}", info.name, t.sizes.len()),
+            )
+        })?;
         Ok(RemoteTrack {
             client,
             peer,
             stream: info.name.clone(),
             track: track.to_string(),
-            size: t.size,
+            file,
+            size,
             window: info.read_window.for_client()?,
             priority: None,
         })
@@ -566,7 +604,7 @@ impl RemoteTrack {
         let fetches = parts.into_iter().map(|(at, ask, keep)| async move {
             let data = self
                 .client
-                .read_range_prioritized(&self.peer, &self.stream, &self.track, at, ask, self.priority)
+                .read_file_range(&self.peer, &self.stream, &self.track, self.file, at, ask, self.priority)
                 .await?;
             Ok::<Bytes, NetError>(data.slice(..usize::try_from(keep).unwrap_or(usize::MAX).min(data.len())))
         });
@@ -646,6 +684,7 @@ mod tests {
             peer: PeerAddr::new("x", None),
             stream: "s".into(),
             track: "t".into(),
+            file: 0,
             size: 10_000,
             window: ReadWindow { min: 100, max: 1000 },
             priority: None,

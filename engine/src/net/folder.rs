@@ -65,10 +65,18 @@ impl FolderProvider {
         blocking(move || this.info_blocking(&stream)).await
     }
 
-    /// Exactly `len` bytes at `start` of a track's file.
-    pub async fn load(&self, stream: String, track: String, start: u64, len: u64) -> Result<Bytes, NetError> {
+    /// Exactly `len` bytes at `start` of file `file` of a track (numbered as
+    /// [`ManifestTrack::files`] lists them).
+    pub async fn load(
+        &self,
+        stream: String,
+        track: String,
+        file: u32,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, NetError> {
         let this = self.clone();
-        blocking(move || this.load_blocking(&stream, &track, start, len)).await
+        blocking(move || this.load_blocking(&stream, &track, file, start, len)).await
     }
 
     /// The resolver callback for [`Server::builder`].
@@ -83,9 +91,9 @@ impl FolderProvider {
     /// The loader callback for [`Server::builder`].
     pub fn loader(&self) -> impl Loader {
         let this = self.clone();
-        move |stream: String, track: String, start: u64, len: u64| {
+        move |stream: String, track: String, file: u32, start: u64, len: u64| {
             let this = this.clone();
-            async move { this.load(stream, track, start, len).await }
+            async move { this.load(stream, track, file, start, len).await }
         }
     }
 
@@ -145,11 +153,25 @@ impl FolderProvider {
         }
     }
 
-    fn track_file(&self, stream: &str, dir: &Path, track: &ManifestTrack) -> Result<PathBuf, NetError> {
-        self.inside_root(&dir.join(track.file()))?.ok_or_else(|| {
+    /// The path of file `file` of `track`, checked to lie inside the root.
+    fn track_file(
+        &self,
+        stream: &str,
+        dir: &Path,
+        track: &ManifestTrack,
+        file: u32,
+    ) -> Result<PathBuf, NetError> {
+        let files = track.files();
+        let name = usize::try_from(file).ok().and_then(|n| files.get(n)).ok_or_else(|| {
+            NetError::status(
+                ErrorCode::OutOfRange,
+                format!("track {:?} of {stream:?} has {} file(s), no file {file}", track.name, files.len()),
+            )
+        })?;
+        self.inside_root(&dir.join(name))?.ok_or_else(|| {
             NetError::status(
                 ErrorCode::UnknownTrack,
-                format!("track {:?} of {stream:?} has no file on the server", track.name),
+                format!("file {file} of track {:?} of {stream:?} is not on the server", track.name),
             )
         })
     }
@@ -158,22 +180,30 @@ impl FolderProvider {
         let Some((dir, manifest)) = self.meeting(stream)? else { return Ok(None) };
         let mut tracks = Vec::with_capacity(manifest.tracks.len());
         for track in &manifest.tracks {
-            let file = self.track_file(stream, &dir, track)?;
-            let size = std::fs::metadata(&file)
-                .map_err(|e| {
-                    NetError::status(ErrorCode::Internal, format!("track {:?}: {}", track.name, e.kind()))
-                })?
-                .len();
+            let mut sizes = Vec::new();
+            for number in 0..track.files().len() {
+                let file = self.track_file(stream, &dir, track, u32::try_from(number).unwrap_or(u32::MAX))?;
+                let size = std::fs::metadata(&file)
+                    .map_err(|e| {
+                        NetError::status(
+                            ErrorCode::Internal,
+                            format!("track {:?} file {number}: {}", track.name, e.kind()),
+                        )
+                    })?
+                    .len();
+                sizes.push(size);
+            }
             tracks.push(TrackEntry {
                 name: track.name.clone(),
                 kind: track.kind,
                 role: track.role.clone(),
                 participant: track.participant.clone(),
-                size,
+                sizes,
                 segments: track
                     .segments
                     .iter()
                     .map(|s| SegmentInfo {
+                        file: track.file_number(s),
                         start_ms: s.start_ms,
                         media_start_ms: s.media_start_ms,
                         end_ms: s.end_ms,
@@ -190,19 +220,27 @@ impl FolderProvider {
         }))
     }
 
-    fn load_blocking(&self, stream: &str, track: &str, start: u64, len: u64) -> Result<Bytes, NetError> {
+    fn load_blocking(
+        &self,
+        stream: &str,
+        track: &str,
+        file: u32,
+        start: u64,
+        len: u64,
+    ) -> Result<Bytes, NetError> {
         let (dir, manifest) = self
             .meeting(stream)?
             .ok_or_else(|| NetError::status(ErrorCode::UnknownStream, format!("no stream {stream:?}")))?;
         let entry = manifest.track(track).ok_or_else(|| {
             NetError::status(ErrorCode::UnknownTrack, format!("no track {track:?} in {stream:?}"))
         })?;
-        let file = self.track_file(stream, &dir, entry)?;
-        let source = FileSource::open(&file)
-            .map_err(|e| NetError::status(ErrorCode::Internal, format!("track {track:?}: {}", e.kind())))?;
+        let path = self.track_file(stream, &dir, entry, file)?;
+        let source = FileSource::open(&path).map_err(|e| {
+            NetError::status(ErrorCode::Internal, format!("track {track:?} file {file}: {}", e.kind()))
+        })?;
         source.read_range(start, len).map_err(|e| match e {
             SourceError::OutOfRange { .. } => NetError::status(ErrorCode::OutOfRange, e.to_string()),
-            other => NetError::status(ErrorCode::Internal, format!("track {track:?}: {other}")),
+            other => NetError::status(ErrorCode::Internal, format!("track {track:?} file {file}: {other}")),
         })
     }
 }
@@ -246,8 +284,8 @@ mod tests {
         for _ in 0..5 {
             // What the server does per read: resolve, then load.
             let info = provider.stream_info("m".into()).await.expect("info").expect("meeting");
-            assert_eq!(info.tracks[0].size, 10);
-            let bytes = provider.load("m".into(), "t".into(), 0, 5).await.expect("load");
+            assert_eq!(info.tracks[0].sizes, vec![10]);
+            let bytes = provider.load("m".into(), "t".into(), 0, 0, 5).await.expect("load");
             assert_eq!(&bytes[..], b"first");
         }
         assert_eq!(parses(&provider, &dir), 1, "meeting.json parsed more than once");
@@ -255,10 +293,37 @@ mod tests {
         // as it is now.
         std::fs::write(dir.join("meeting.json"), manifest("bb.bin")).expect("manifest 2");
         let info = provider.stream_info("m".into()).await.expect("info").expect("meeting");
-        assert_eq!(info.tracks[0].size, 19);
+        assert_eq!(info.tracks[0].sizes, vec![19]);
         std::fs::write(dir.join("bb.bin"), b"SECOND, longer file").expect("bb 2");
-        let bytes = provider.load("m".into(), "t".into(), 0, 6).await.expect("load");
+        let bytes = provider.load("m".into(), "t".into(), 0, 0, 6).await.expect("load");
         assert_eq!(&bytes[..], b"SECOND");
         assert_eq!(parses(&provider, &dir), 2);
+    }
+
+    #[tokio::test]
+    async fn a_track_in_two_files_has_a_size_per_file_and_reads_each() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("m");
+        std::fs::create_dir(&dir).expect("dir");
+        std::fs::write(dir.join("a.bin"), b"first file").expect("a");
+        std::fs::write(dir.join("bb.bin"), b"second, longer file").expect("bb");
+        let manifest = serde_json::json!({
+            "name": "m",
+            "tracks": [{"name": "t", "kind": "video", "segments": [
+                {"file": "a.bin", "start_ms": 0, "end_ms": 10},
+                {"file": "bb.bin", "start_ms": 20, "end_ms": 30},
+                {"file": "a.bin", "start_ms": 40, "media_start_ms": 10}]}],
+        });
+        std::fs::write(dir.join("meeting.json"), manifest.to_string()).expect("manifest");
+        let provider = FolderProvider::new(root.path()).expect("provider");
+        let info = provider.stream_info("m".into()).await.expect("info").expect("meeting");
+        assert_eq!(info.tracks[0].sizes, vec![10, 19]);
+        let files: Vec<u32> = info.tracks[0].segments.iter().map(|s| s.file).collect();
+        assert_eq!(files, vec![0, 1, 0]);
+        let first = provider.load("m".into(), "t".into(), 0, 0, 5).await.expect("file 0");
+        let second = provider.load("m".into(), "t".into(), 1, 0, 6).await.expect("file 1");
+        assert_eq!((&first[..], &second[..]), (&b"first"[..], &b"second"[..]));
+        let none = provider.load("m".into(), "t".into(), 2, 0, 1).await.expect_err("no file 2");
+        assert_eq!(none.code(), ErrorCode::OutOfRange);
     }
 }

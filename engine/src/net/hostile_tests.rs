@@ -39,7 +39,7 @@ fn info(window: ReadWindow) -> StreamInfo {
             kind: crate::manifest::TrackKind::Video,
             role: crate::manifest::Role::Camera,
             participant: Some("p".into()),
-            size: TRACK_SIZE,
+            sizes: vec![TRACK_SIZE],
             segments: Vec::new(),
             gap_policy: None,
         }],
@@ -60,7 +60,7 @@ fn memory_server(
     in_flight: Arc<(AtomicUsize, AtomicUsize)>,
 ) -> ServerBuilder<impl super::server::Resolver, impl super::server::Loader> {
     let resolver = move |_stream: String| async move { Ok(Some(info(window))) };
-    let loader = move |_s: String, _t: String, start: u64, len: u64| {
+    let loader = move |_s: String, _t: String, _file: u32, start: u64, len: u64| {
         let in_flight = in_flight.clone();
         async move {
             let now = in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;

@@ -23,8 +23,9 @@
 //! ```
 //! - `stream.get`, body [`GetRequest`] `{"stream": "standup"}`, answers [`StreamInfo`].
 //! - `stream.read_range`, body [`ReadRangeRequest`] `{"stream", "track", "start", "len"}`
-//!   and optionally `"priority"` (an integer, higher sent first when bandwidth is short;
-//!   0 when absent), answers [`ReadRangeOk`] `{"len": n}` followed by exactly `n` raw bytes
+//!   and optionally `"file"` (which of the track's files, numbered from 0 as
+//!   [`TrackEntry::sizes`] lists them; 0 when absent) and `"priority"` (an integer, higher sent
+//!   first when bandwidth is short; 0 when absent), answers [`ReadRangeOk`] `{"len": n}` followed by exactly `n` raw bytes
 //!   (`n == len`).
 //!
 //! # Response (server -> client, then the server finishes the stream)
@@ -218,6 +219,9 @@ pub struct GetRequest {
 pub struct ReadRangeRequest {
     pub stream: String,
     pub track: String,
+    /// Which of the track's files (see [`TrackEntry::sizes`]); absent is 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file: u32,
     pub start: u64,
     pub len: u64,
     /// Send order among this connection's answers when the link is short: higher first
@@ -338,21 +342,36 @@ pub struct TrackEntry {
     pub role: Role,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
-    /// Size of the track's byte stream.
-    pub size: u64,
+    /// Size of each of the track's files (byte streams), numbered from 0: a track is in one
+    /// file unless its segments name several (a camera that stopped and started again).
+    pub sizes: Vec<u64>,
     pub segments: Vec<SegmentInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap_policy: Option<GapPolicy>,
 }
 
-/// Where a stretch of the track lands on the meeting timeline.
+impl TrackEntry {
+    /// The size of file `file` of the track; `None` when it has no such file.
+    pub fn size(&self, file: u32) -> Option<u64> {
+        self.sizes.get(usize::try_from(file).ok()?).copied()
+    }
+}
+
+/// Where a stretch of the track lands on the meeting timeline, and which file holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentInfo {
+    /// Which of the track's files holds this stretch (see [`TrackEntry::sizes`]); absent is 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file: u32,
     pub start_ms: u64,
     #[serde(default)]
     pub media_start_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_ms: Option<u64>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The sizes of reads a server accepts.
@@ -460,11 +479,10 @@ mod tests {
     fn arb_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             arb_name().prop_map(|stream| Request::Get(GetRequest { stream })),
-            (arb_name(), arb_name(), any::<u64>(), any::<u64>(), any::<Option<i32>>()).prop_map(
-                |(stream, track, start, len, priority)| {
-                    Request::ReadRange(ReadRangeRequest { stream, track, start, len, priority })
-                }
-            ),
+            (arb_name(), arb_name(), any::<u32>(), any::<u64>(), any::<u64>(), any::<Option<i32>>())
+                .prop_map(|(stream, track, file, start, len, priority)| {
+                    Request::ReadRange(ReadRangeRequest { stream, track, file, start, len, priority })
+                }),
         ]
     }
 
@@ -500,7 +518,7 @@ mod tests {
     fn kinds_and_gap_policies_are_typed_and_roles_free() {
         let track = |kind: &str, role: &str, gap: &str| {
             format!(
-                r#"{{"name":"t","kind":"{kind}","role":"{role}","size":1,"segments":[],"gap_policy":"{gap}"}}"#
+                r#"{{"name":"t","kind":"{kind}","role":"{role}","sizes":[1],"segments":[],"gap_policy":"{gap}"}}"#
             )
         };
         let known: TrackEntry = serde_json::from_str(&track("video", "screen", "freeze")).expect("known");
@@ -525,6 +543,7 @@ mod tests {
         let req = Request::ReadRange(ReadRangeRequest {
             stream: "m".into(),
             track: "t".into(),
+            file: 0,
             start: 1,
             len: 2,
             priority: None,
@@ -538,6 +557,7 @@ mod tests {
         let urgent = Request::ReadRange(ReadRangeRequest {
             stream: "m".into(),
             track: "t".into(),
+            file: 1,
             start: 1,
             len: 2,
             priority: Some(2),
@@ -545,6 +565,19 @@ mod tests {
         let json: serde_json::Value =
             serde_json::from_slice(&urgent.encode().expect("encode")[4..]).expect("json");
         assert_eq!(json["body"]["priority"], 2);
+        assert_eq!(json["body"]["file"], 1);
+        // A track in two files: a size per file, each segment naming its file (0 unwritten).
+        let entry: TrackEntry = serde_json::from_value(serde_json::json!({
+            "name": "cam", "kind": "video", "sizes": [10, 20],
+            "segments": [{"start_ms": 0, "end_ms": 5}, {"file": 1, "start_ms": 9}]
+        }))
+        .expect("two files");
+        assert_eq!((entry.size(0), entry.size(1), entry.size(2)), (Some(10), Some(20), None));
+        assert_eq!((entry.segments[0].file, entry.segments[1].file), (0, 1));
+        assert_eq!(
+            serde_json::to_value(entry.segments[0]).expect("json"),
+            serde_json::json!({"start_ms": 0, "media_start_ms": 0, "end_ms": 5})
+        );
         let err = ResponseHeader::error(&NetError::status(ErrorCode::OutOfRange, "x"));
         assert_eq!(
             serde_json::to_value(&err).expect("json"),

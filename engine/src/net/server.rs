@@ -14,7 +14,7 @@
 //!             arrived within the first-request timeout, or after the idle timeout
 //!             '- per stream (max concurrent per connection, `busy` above): read header
 //!                (within the header timeout), check, resolver(stream) -> sizes,
-//!                loader(stream, track, start, len) -> bytes
+//!                loader(stream, track, file, start, len) -> bytes
 //! ```
 //!
 //! Why evict rather than refuse: an iroh peer's ID is known only once its handshake completes,
@@ -66,13 +66,16 @@ where
     }
 }
 
-/// Loads exactly `len` bytes at `start` of a track. Called only for ranges the server has
-/// already checked against the resolver's size and the read window.
+/// Loads exactly `len` bytes at `start` of file `file` of a track (numbered as
+/// [`TrackEntry::sizes`](super::protocol::TrackEntry::sizes) lists them; 0 for a track in one
+/// file). Called only for ranges the server has already checked against the resolver's size
+/// of that file and the read window.
 pub trait Loader: Clone + Send + Sync + 'static {
     fn load(
         &self,
         stream: String,
         track: String,
+        file: u32,
         start: u64,
         len: u64,
     ) -> impl Future<Output = Result<Bytes, NetError>> + Send;
@@ -80,17 +83,18 @@ pub trait Loader: Clone + Send + Sync + 'static {
 
 impl<F, Fut> Loader for F
 where
-    F: Fn(String, String, u64, u64) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(String, String, u32, u64, u64) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Bytes, NetError>> + Send,
 {
     fn load(
         &self,
         stream: String,
         track: String,
+        file: u32,
         start: u64,
         len: u64,
     ) -> impl Future<Output = Result<Bytes, NetError>> + Send {
-        self(stream, track, start, len)
+        self(stream, track, file, start, len)
     }
 }
 
@@ -834,8 +838,20 @@ async fn answer<R: Resolver, L: Loader>(
                     format!("no track {:?} in {:?}", read.track, read.stream),
                 )
             })?;
-            inner.window.check(read.start, read.len, track.size)?;
-            let data = inner.loader.load(read.stream, read.track, read.start, read.len).await?;
+            let size = track.size(read.file).ok_or_else(|| {
+                NetError::status(
+                    ErrorCode::OutOfRange,
+                    format!(
+                        "track {:?} of {:?} has {} file(s), no file {}",
+                        read.track,
+                        read.stream,
+                        track.sizes.len(),
+                        read.file
+                    ),
+                )
+            })?;
+            inner.window.check(read.start, read.len, size)?;
+            let data = inner.loader.load(read.stream, read.track, read.file, read.start, read.len).await?;
             if data.len() as u64 != read.len {
                 return Err(NetError::status(
                     ErrorCode::Internal,

@@ -139,6 +139,9 @@ impl From<StreamError> for PlayerError {
             StreamError::Net(e) => PlayerError::Net(e),
             StreamError::Open { track, message } => PlayerError::Open { track, message },
             StreamError::UnknownTrack(track) => PlayerError::UnknownTrack(track),
+            StreamError::FileCodec { ref track, .. } => {
+                PlayerError::Open { track: track.clone(), message: e.to_string() }
+            }
         }
     }
 }

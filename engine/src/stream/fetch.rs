@@ -28,6 +28,7 @@ use super::item::{Cue, Item, Packet, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
 use super::read_ahead::ReadAhead;
 use super::sizer::RecentWaits;
+use super::subscription::TrackFile;
 use super::timeline::{Place, Span};
 use super::{RequestSizer, Shared};
 use crate::index::{Codec, ReadPos, Sample, TrackIndex};
@@ -115,6 +116,10 @@ pub(crate) struct Fetcher {
     pub(crate) source: Arc<BlockCache>,
     /// Where media data is read, once.
     pub(crate) data_source: Arc<dyn RangeSource>,
+    /// Every file of the track (one for most): `index`, `source` and `data_source` are those
+    /// of file number `file`, the one the span being played shows.
+    pub(crate) files: Vec<TrackFile>,
+    pub(crate) file: u32,
     /// Media handed out ahead of the cursor before the worker waits.
     pub(crate) buffer_target: MediaTime,
     pub(crate) buffer_bytes: u64,
@@ -239,9 +244,11 @@ impl Fetcher {
         };
         self.figures.set_buffered_until(start.target);
         self.figures.buffered_bytes.store(0, Ordering::Relaxed);
-        let Some(index) = self.index.clone() else { return self.chunks(&mut run) };
+        if self.index.is_none() {
+            return self.chunks(&mut run);
+        }
         if self.desc.kind == TrackKind::Captions {
-            return self.cues(&mut run, &index);
+            return self.cues(&mut run);
         }
         let mut t = start.target;
         loop {
@@ -260,6 +267,7 @@ impl Fetcher {
                     None => return self.finish(&mut run),
                 },
             };
+            let index = self.use_file(&mut run, span.file)?;
             if start.mode == StartMode::Keyframe {
                 return self.keyframe(&mut run, &index, span_index, &span, span.to_media(t));
             }
@@ -275,6 +283,25 @@ impl Fetcher {
                 None => return self.finish(&mut run),
             }
         }
+    }
+
+    /// Reads from file `file` of the track from now on: its index, its sources. Coming from
+    /// another file the decoder starts afresh, and that file's truncation or damage no longer
+    /// holds.
+    fn use_file(&mut self, run: &mut Run, file: u32) -> Result<Arc<TrackIndex>, Flow> {
+        if file != self.file {
+            let next = self
+                .files
+                .get(file as usize)
+                .cloned()
+                .ok_or_else(|| Flow::Failed(format!("the track has no file {file}")))?;
+            (self.index, self.source, self.data_source) = (next.index, next.source, next.data_source);
+            self.file = file;
+            run.discont = true;
+            run.truncated = false;
+            run.skipping = false;
+        }
+        self.index.clone().ok_or_else(|| Flow::Failed(format!("file {file} of the track has no index")))
     }
 
     /// The track has nothing more: the end, and an infinite buffer for whoever watches.
@@ -334,30 +361,35 @@ impl Fetcher {
     }
 
     /// Every cue of a caption track that ends after the target, in order, then the end.
-    fn cues(&mut self, run: &mut Run, index: &TrackIndex) -> Result<(), Flow> {
+    fn cues(&mut self, run: &mut Run) -> Result<(), Flow> {
         let failed = |e: crate::index::IndexError| Flow::Failed(e.to_string());
-        let source = self.source.clone();
-        let src = source.as_ref();
         let mut cues = Vec::new();
-        let mut pos = Some(index.keyframes(src).map_err(failed)?.first().map(|k| k.pos).unwrap_or_default());
-        while let Some(at) = pos {
-            let batch = index.samples(src, at, 1024).map_err(failed)?;
-            if batch.samples.is_empty() {
-                break;
-            }
-            for sample in &batch.samples {
-                let data = index.sample_data(src, sample).map_err(failed)?;
-                let text = crate::index::subtitles::cue_body(&String::from_utf8_lossy(&data));
-                for span in self.desc.timeline.spans() {
-                    let start = span.to_meeting(sample.pts).max(span.start);
-                    let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
-                    let end = span.end.map_or(end, |e| end.min(e));
-                    if start < end && end > run.target {
-                        cues.push(Cue { start, end, text: text.clone() });
+        for (number, file) in self.files.iter().enumerate() {
+            let Some(index) = file.index.as_deref() else { continue };
+            let src = file.source.as_ref();
+            let spans: Vec<&Span> =
+                self.desc.timeline.spans().iter().filter(|s| s.file as usize == number).collect();
+            let mut pos =
+                Some(index.keyframes(src).map_err(failed)?.first().map(|k| k.pos).unwrap_or_default());
+            while let Some(at) = pos {
+                let batch = index.samples(src, at, 1024).map_err(failed)?;
+                if batch.samples.is_empty() {
+                    break;
+                }
+                for sample in &batch.samples {
+                    let data = index.sample_data(src, sample).map_err(failed)?;
+                    let text = crate::index::subtitles::cue_body(&String::from_utf8_lossy(&data));
+                    for span in &spans {
+                        let start = span.to_meeting(sample.pts).max(span.start);
+                        let end = span.to_meeting(sample.pts.saturating_add(sample.duration));
+                        let end = span.end.map_or(end, |e| end.min(e));
+                        if start < end && end > run.target {
+                            cues.push(Cue { start, end, text: text.clone() });
+                        }
                     }
                 }
+                pos = batch.next;
             }
-            pos = batch.next;
         }
         cues.sort_by_key(|c| c.start);
         for cue in cues {

@@ -34,7 +34,8 @@ pub struct TrackDesc {
     pub gap_policy: GapPolicy,
 }
 
-type Opener = dyn Fn(&TrackDesc) -> Result<Arc<dyn RangeSource>, StreamError> + Send + Sync;
+/// Opens file `n` of a track (see [`Span::file`]).
+type Opener = dyn Fn(&TrackDesc, u32) -> Result<Arc<dyn RangeSource>, StreamError> + Send + Sync;
 type Wrapper = dyn Fn(&TrackDesc, Arc<dyn RangeSource>) -> Arc<dyn RangeSource> + Send + Sync;
 
 /// A meeting's tracks and a way to read each one.
@@ -62,8 +63,11 @@ impl Meeting {
     pub fn from_folder(folder: impl AsRef<Path>) -> Result<Meeting, StreamError> {
         let folder: PathBuf = folder.as_ref().to_path_buf();
         let manifest = Manifest::load(&folder)?;
-        let files: Vec<(Arc<str>, PathBuf)> =
-            manifest.tracks.iter().map(|t| (Arc::from(t.name.as_str()), folder.join(t.file()))).collect();
+        let files: Vec<(Arc<str>, Vec<PathBuf>)> = manifest
+            .tracks
+            .iter()
+            .map(|t| (Arc::from(t.name.as_str()), t.files().iter().map(|f| folder.join(f)).collect()))
+            .collect();
         let tracks = manifest
             .tracks
             .iter()
@@ -72,21 +76,25 @@ impl Meeting {
                 kind: t.kind,
                 role: t.role.clone(),
                 participant: t.participant.clone(),
-                timeline: Timeline::new(t.segments.iter().map(Span::from_segment).collect()),
+                timeline: Timeline::new(t.segments.iter().map(|s| Span::from_segment(t, s)).collect()),
                 gap_policy: t.gap_policy.unwrap_or_default(),
             })
             .collect();
-        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, StreamError> {
-            let path = files
+        let opener = move |desc: &TrackDesc, file: u32| -> Result<Arc<dyn RangeSource>, StreamError> {
+            let paths = files
                 .iter()
                 .find(|(name, _)| *name == desc.name)
-                .map(|(_, path)| path)
+                .map(|(_, paths)| paths)
                 .ok_or_else(|| StreamError::UnknownTrack(desc.name.to_string()))?;
-            let file = FileSource::open(path).map_err(|e| StreamError::Open {
+            let path = paths.get(file as usize).ok_or_else(|| StreamError::Open {
+                track: desc.name.to_string(),
+                message: format!("it has {} file(s), no file {file}", paths.len()),
+            })?;
+            let source = FileSource::open(path).map_err(|e| StreamError::Open {
                 track: desc.name.to_string(),
                 message: format!("{}: {e}", path.display()),
             })?;
-            Ok(Arc::new(file))
+            Ok(Arc::new(source))
         };
         Ok(Meeting {
             name: manifest.name.clone(),
@@ -113,6 +121,7 @@ impl Meeting {
                     start: MediaTime::from_millis(s.start_ms as i64),
                     end: s.end_ms.map(|ms| MediaTime::from_millis(ms as i64)),
                     media_start: MediaTime::from_millis(s.media_start_ms as i64),
+                    file: s.file,
                 })
                 .collect();
             tracks.push(TrackDesc {
@@ -126,8 +135,8 @@ impl Meeting {
         }
         let duration = info.duration_ms.map(|ms| MediaTime::from_millis(ms as i64));
         let name = info.name.clone();
-        let opener = move |desc: &TrackDesc| -> Result<Arc<dyn RangeSource>, StreamError> {
-            let track = crate::net::RemoteTrack::new(client.clone(), peer.clone(), &info, &desc.name)
+        let opener = move |desc: &TrackDesc, file: u32| -> Result<Arc<dyn RangeSource>, StreamError> {
+            let track = crate::net::RemoteTrack::file(client.clone(), peer.clone(), &info, &desc.name, file)
                 .map_err(|e| StreamError::Open { track: desc.name.to_string(), message: e.to_string() })?;
             Ok(Arc::new(track.with_priority(send_priority(desc.kind))))
         };
@@ -145,8 +154,8 @@ impl Meeting {
         Meeting::from_peer_stream(client.clone(), peer.clone(), info)
     }
 
-    /// Passes every track's source through `wrap` when it is opened: to count, throttle or
-    /// cache reads.
+    /// Passes every track's source (each file's, for a track in several) through `wrap` when
+    /// it is opened: to count, throttle or cache reads.
     pub fn wrap_sources(
         mut self,
         wrap: impl Fn(&TrackDesc, Arc<dyn RangeSource>) -> Arc<dyn RangeSource> + Send + Sync + 'static,
@@ -174,9 +183,13 @@ impl Meeting {
         self.tracks.iter().find(|t| &*t.name == name)
     }
 
-    /// Opens the byte source of one track.
-    pub(crate) fn open_source(&self, desc: &TrackDesc) -> Result<Arc<dyn RangeSource>, StreamError> {
-        let source = (self.opener)(desc)?;
+    /// Opens the byte source of file `file` of one track (see [`Span::file`]).
+    pub(crate) fn open_source(
+        &self,
+        desc: &TrackDesc,
+        file: u32,
+    ) -> Result<Arc<dyn RangeSource>, StreamError> {
+        let source = (self.opener)(desc, file)?;
         Ok(match &self.wrapper {
             Some(wrap) => wrap(desc, source),
             None => source,

@@ -6,7 +6,8 @@
 //!     '- MeetingStream: the cursor (a clock the consumer hands over, a position it sets, or
 //!        the pts of the last packet taken), seek tickets, pause
 //!          '- per subscribed track, a Subscription (a handle: dropping it ends the track):
-//!               RangeSource -> TrackIndex -> fetch worker (its own thread)
+//!               per file of the track (one, or one per stretch): RangeSource -> TrackIndex
+//!               -> fetch worker (its own thread), each span read from its own file
 //!                 ranges while buffered < target (time and bytes), sized to the link
 //!               ══bounded channel══> TrackItem { ticket, Packet | Gap | Cue | Chunk | ... }
 //!                                     recv() for threads, items() for async code
@@ -91,6 +92,11 @@ pub enum StreamError {
     Open { track: String, message: String },
     #[error("no track named {0:?} in this meeting")]
     UnknownTrack(String),
+    /// The files of a track in several do not carry one codec (one decoder plays them in turn).
+    #[error(
+        "track {track}: file {file} is {codec} but file 0 is {first}: a track's files must share a codec"
+    )]
+    FileCodec { track: String, file: u32, codec: String, first: String },
 }
 
 impl From<ManifestError> for StreamError {

@@ -19,7 +19,7 @@ use super::item::{Item, SeekTicket, TrackItem};
 use super::meeting::TrackDesc;
 use super::timeline::Place;
 use super::{Shared, StreamError};
-use crate::index::{ParseError, TrackIndex, TrackInfo};
+use crate::index::{Codec, ParseError, TrackIndex, TrackInfo};
 use crate::source::{Cancel, CountingSource, RangeSource};
 use crate::time::MediaTime;
 
@@ -57,14 +57,95 @@ impl Control {
     }
 }
 
+/// One of a track's files as the stream reads it: its own source and its own index.
+#[derive(Clone)]
+pub(crate) struct TrackFile {
+    /// `None` for bytes without an index: the track streams as chunks.
+    pub(crate) index: Option<Arc<TrackIndex>>,
+    /// Where the index reads (cached: index walks re-read overlapping windows).
+    pub(crate) source: Arc<BlockCache>,
+    /// Where media data is read, once.
+    pub(crate) data_source: Arc<dyn RangeSource>,
+}
+
+impl TrackFile {
+    /// Opens file `file` of the track and its index.
+    fn open(
+        shared: &Shared,
+        desc: &TrackDesc,
+        file: u32,
+        figures: &TrackFigures,
+    ) -> Result<TrackFile, StreamError> {
+        let raw = shared.meeting.open_source(desc, file)?;
+        let counted: Arc<dyn RangeSource> = Arc::new(CountingSource::sharing(raw, figures.reads.clone()));
+        let source = Arc::new(BlockCache::new(counted.clone()));
+        // Errors name the file when the track has several.
+        let name = match file {
+            0 => desc.name.to_string(),
+            n => format!("{} (file {n})", desc.name),
+        };
+        let index = match TrackIndex::open(&name, source.as_ref()) {
+            Ok(index) => Some(Arc::new(index)),
+            // No index for these bytes: the track streams as ordered chunks.
+            Err(e) if matches!(e.source, ParseError::UnknownFormat { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(TrackFile { index, source, data_source: counted })
+    }
+}
+
+/// Opens every file of a track; they must all have an index of the same codec when there
+/// are several (one decoder plays them in turn).
+fn open_files(
+    shared: &Shared,
+    desc: &TrackDesc,
+    figures: &TrackFigures,
+) -> Result<Vec<TrackFile>, StreamError> {
+    let count = u32::try_from(desc.timeline.files()).unwrap_or(u32::MAX);
+    let files =
+        (0..count).map(|n| TrackFile::open(shared, desc, n, figures)).collect::<Result<Vec<_>, _>>()?;
+    if files.len() > 1 {
+        // Codecs configured out of band (avcC, Vorbis headers, AudioSpecificConfig) need the
+        // same configuration too: one decoder is set up from the first file's.
+        let describe = |file: &TrackFile| {
+            file.index.as_ref().map(|i| {
+                let info = i.info();
+                let out_of_band =
+                    matches!(info.codec, Codec::H264 | Codec::H265 | Codec::Vorbis | Codec::Aac);
+                (info.codec.clone(), info.codec_config.clone().filter(|_| out_of_band))
+            })
+        };
+        let first = describe(&files[0]);
+        for (n, file) in files.iter().enumerate() {
+            let this = describe(file);
+            if this.is_none() || this != first {
+                let name = |d: Option<(Codec, Option<bytes::Bytes>)>| match d {
+                    None => "no known container".to_string(),
+                    Some((codec, Some(_))) if n > 0 && first.as_ref().is_some_and(|f| f.0 == codec) => {
+                        format!("{codec:?} configured differently")
+                    }
+                    Some((codec, _)) => format!("{codec:?}"),
+                };
+                return Err(StreamError::FileCodec {
+                    track: desc.name.to_string(),
+                    file: n as u32,
+                    codec: name(this),
+                    first: first.clone().map_or("no known container".into(), |(c, _)| format!("{c:?}")),
+                });
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// A subscribed track. Read its items with [`Subscription::recv`] (threads) or
 /// [`Subscription::items`] (async code); drop it to end the track.
 pub struct Subscription {
     shared: Arc<Shared>,
     desc: TrackDesc,
-    index: Option<Arc<TrackIndex>>,
-    /// The index's source (cached), for questions asked besides the worker's reads.
-    source: Arc<dyn RangeSource>,
+    /// The track's files (one for most tracks), for questions asked besides the worker's
+    /// reads.
+    files: Vec<TrackFile>,
     info: Option<TrackInfo>,
     encoder_delay: Option<u64>,
     items: Receiver<TrackItem>,
@@ -89,15 +170,9 @@ impl Subscription {
         let desc =
             shared.meeting.track(track).cloned().ok_or_else(|| StreamError::UnknownTrack(track.into()))?;
         let figures = shared.figures(&desc.name);
-        let raw = shared.meeting.open_source(&desc)?;
-        let counted: Arc<dyn RangeSource> = Arc::new(CountingSource::sharing(raw, figures.reads.clone()));
-        let source = Arc::new(BlockCache::new(counted.clone()));
-        let index = match TrackIndex::open(track, source.as_ref()) {
-            Ok(index) => Some(Arc::new(index)),
-            // No index for these bytes: the track streams as ordered chunks.
-            Err(e) if matches!(e.source, ParseError::UnknownFormat { .. }) => None,
-            Err(e) => return Err(e.into()),
-        };
+        let files = open_files(&shared, &desc, &figures)?;
+        let first = files.first().cloned().ok_or_else(|| StreamError::UnknownTrack(track.into()))?;
+        let index = first.index.clone();
         let info = index.as_ref().map(|i| i.info().clone());
         let encoder_delay = index.as_ref().and_then(|i| i.encoder_delay());
         let (command_tx, command_rx) = crossbeam_channel::bounded(16);
@@ -119,9 +194,11 @@ impl Subscription {
         };
         let fetcher = Fetcher {
             desc: desc.clone(),
-            index: index.clone(),
-            source: source.clone(),
-            data_source: counted,
+            index: first.index,
+            source: first.source,
+            data_source: first.data_source,
+            files: files.clone(),
+            file: 0,
             buffer_target: shared.options.buffer_target,
             buffer_bytes: shared.options.buffer_bytes,
             out: item_tx,
@@ -146,8 +223,7 @@ impl Subscription {
         Ok(Subscription {
             shared,
             desc,
-            index,
-            source,
+            files,
             info,
             encoder_delay,
             items: item_rx,
@@ -205,10 +281,10 @@ impl Subscription {
     /// The meeting time of the keyframe at or before `t` in the span showing `t` (never
     /// before the span's start); `None` when the track shows nothing at `t`.
     pub fn keyframe_before(&self, t: MediaTime) -> Option<MediaTime> {
-        let index = self.index.as_ref()?;
         let Place::Active { span, media } = self.desc.timeline.place(t) else { return None };
         let span = self.desc.timeline.span(span)?;
-        let keyframe = index.seek(self.source.as_ref(), media).ok()?;
+        let file = self.files.get(span.file as usize)?;
+        let keyframe = file.index.as_ref()?.seek(file.source.as_ref(), media).ok()?;
         Some(span.to_meeting(keyframe.pts).max(span.start).min(t))
     }
 

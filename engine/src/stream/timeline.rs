@@ -1,11 +1,12 @@
 //! Where a track has something to show on the meeting timeline.
 //!
-//! A track is one byte stream placed on the meeting timeline by its spans (the manifest's
-//! segments): `meeting = media - span.media_start + span.start`. The fetcher asks [`Timeline::place`]
+//! A track is placed on the meeting timeline by its spans (the manifest's segments), each
+//! showing a stretch of one of the track's files: `meeting = media - span.media_start +
+//! span.start`, media time being the time in that span's file. The fetcher asks [`Timeline::place`]
 //! what the track does at a meeting time: play a span from some media time, wait (a gap) until
 //! its next span starts, or stay done for good.
 
-use crate::manifest::Segment;
+use crate::manifest::{ManifestTrack, Segment};
 use crate::time::MediaTime;
 
 /// One stretch of a track on the meeting timeline.
@@ -17,14 +18,19 @@ pub struct Span {
     pub end: Option<MediaTime>,
     /// Media time shown at `start`.
     pub media_start: MediaTime,
+    /// Which of the track's files holds the span's media: numbered from 0 as
+    /// [`ManifestTrack::files`](crate::manifest::ManifestTrack::files) lists them.
+    pub file: u32,
 }
 
 impl Span {
-    pub fn from_segment(segment: &Segment) -> Span {
+    /// The span of `segment` of `track`.
+    pub fn from_segment(track: &ManifestTrack, segment: &Segment) -> Span {
         Span {
             start: segment.start(),
             end: segment.end(),
             media_start: MediaTime::from_millis(segment.media_start_ms as i64),
+            file: track.file_number(segment),
         }
     }
 
@@ -75,6 +81,11 @@ impl Timeline {
         self.spans.get(i)
     }
 
+    /// How many files the spans show (one more than the highest file number).
+    pub fn files(&self) -> usize {
+        self.spans.iter().map(|s| s.file as usize + 1).max().unwrap_or(1)
+    }
+
     /// What the track does at meeting time `t`.
     pub fn place(&self, t: MediaTime) -> Place {
         for (i, span) in self.spans.iter().enumerate() {
@@ -105,8 +116,8 @@ mod tests {
     #[test]
     fn places_times_before_inside_between_and_after_spans() {
         let timeline = Timeline::new(vec![
-            Span { start: ms(10_000), end: Some(ms(25_000)), media_start: ms(0) },
-            Span { start: ms(32_000), end: Some(ms(45_000)), media_start: ms(15_000) },
+            Span { start: ms(10_000), end: Some(ms(25_000)), media_start: ms(0), file: 0 },
+            Span { start: ms(32_000), end: Some(ms(45_000)), media_start: ms(15_000), file: 0 },
         ]);
         assert_eq!(timeline.place(ms(0)), Place::Idle { next: 0 });
         assert_eq!(timeline.place(ms(12_000)), Place::Active { span: 0, media: ms(2_000) });
@@ -118,7 +129,7 @@ mod tests {
 
     #[test]
     fn an_open_span_runs_to_the_end_of_its_media() {
-        let timeline = Timeline::new(vec![Span { start: ms(5_000), end: None, media_start: ms(0) }]);
+        let timeline = Timeline::new(vec![Span { start: ms(5_000), end: None, media_start: ms(0), file: 0 }]);
         assert_eq!(timeline.place(ms(3_600_000)), Place::Active { span: 0, media: ms(3_595_000) });
     }
 }
