@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod import;
 mod inspect;
 mod peer;
 mod playback;
@@ -55,6 +56,8 @@ enum Command {
     Info(peer::InfoArgs),
     /// Fetch a byte range of a remote track: <id52>/<meeting>/<track>.
     Fetch(peer::FetchArgs),
+    /// Turn a BigBlueButton raw recording or LiveKit track egress output into a meeting folder.
+    Import(import::ImportArgs),
 }
 
 /// Errors are printed as one message with its causes, never a backtrace, and exit 1.
@@ -106,5 +109,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => peer::serve(args),
         Command::Info(args) => peer::info(args),
         Command::Fetch(args) => peer::fetch(args),
+        Command::Import(args) => import::run(args),
     }
 }

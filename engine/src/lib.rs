@@ -9,6 +9,9 @@
 //!   per container format (`mp4`, `mkv`, `ogg`, `mp3`, `subtitles`). Parsers are synchronous and
 //!   free of I/O policy: they ask a `RangeSource` for the few ranges they need.
 //! - [`manifest`]: the `meeting.json` schema a recording folder carries.
+//! - `import` (cargo feature `import`, on by default): recordings other systems wrote
+//!   (BigBlueButton raw recordings, LiveKit track egress) turned into a meeting folder; see
+//!   [`import`].
 //! - `net` (cargo feature `net`, on by default): the peer protocol (`stream.get`,
 //!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
 //!   spec: names, kinds, sizes and timeline placement, never a codec. Without the feature the
@@ -25,6 +28,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "import")]
+pub mod import;
 pub mod index;
 #[cfg(feature = "stream")]
 mod lock;

@@ -1,0 +1,554 @@
+//! `meeting-replay import` on a BigBlueButton raw recording and on LiveKit track egress output
+//! built here from the committed fixtures' stamped media (cut with ffmpeg), with events.xml and
+//! egress JSON written in the shapes the real systems write (each name with the source file it
+//! comes from). The imported meeting is then read by `tracks`, `play --headless` and
+//! `snapshot`; what a snapshot shows is compared with GStreamer's own decode of the source
+//! file at the media time the events (or the egress start times) put at that meeting time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+use tandem_tests::ffmpeg;
+
+fn meeting_replay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meeting-replay"))
+}
+
+fn run(args: &[&str]) -> Result<Output> {
+    meeting_replay()
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .args(args)
+        .output()
+        .context("running meeting-replay")
+}
+
+fn s(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The stamp in a PNG written by `snapshot` (luma from RGB, BT.601).
+fn png_stamp(path: &Path) -> Result<Option<u32>> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf)?;
+    ensure!(info.color_type == png::ColorType::Rgb, "not RGB: {:?}", info.color_type);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let luma: Vec<u8> = buf[..w * h * 3]
+        .chunks_exact(3)
+        .map(|p| (0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32 + 16.0) as u8)
+        .collect();
+    Ok(tandem_fixtures::stamp::read_stamp(&luma, w, w, h))
+}
+
+/// Every frame of a file as GStreamer decodes it: (media ms, stamp).
+fn stamps_of(path: &Path) -> Result<Vec<(u64, u32)>> {
+    let frames = tandem_fixtures::decode::decode_video_frames(path)?;
+    let mut out = Vec::new();
+    for f in frames {
+        let stamp = tandem_fixtures::stamp::read_stamp(&f.luma, f.width, f.width, f.height)
+            .with_context(|| format!("{}: a frame without a stamp", path.display()))?;
+        out.push((f.pts.mseconds(), stamp));
+    }
+    ensure!(!out.is_empty(), "{}: no frames", path.display());
+    Ok(out)
+}
+
+/// The stamp a file shows at media time `media_ms`: its last frame at or before it.
+fn stamp_at(stamps: &[(u64, u32)], media_ms: u64) -> Option<u32> {
+    stamps.iter().filter(|(pts, _)| *pts <= media_ms).max_by_key(|(pts, _)| *pts).map(|(_, s)| *s)
+}
+
+/// `snapshot --track` at a meeting time: the stamp shown, or `None` when the track shows
+/// nothing there (snapshot fails).
+fn snapshot(meeting: &Path, track: &str, at_ms: u64, out: &Path) -> Result<Option<u32>> {
+    let png = out.join(format!("{track}-{at_ms}.png"));
+    let output =
+        run(&["snapshot", &s(meeting), "--at", &format!("{at_ms}ms"), "--track", track, "-o", &s(&png)])?;
+    if !output.status.success() {
+        return Ok(None);
+    }
+    png_stamp(&png)
+}
+
+/// The snapshot of `track` at meeting time `at_ms` shows the frame `file` holds at `media_ms`
+/// (to one frame: 40 ms at 25 fps).
+fn check_shows(
+    meeting: &Path,
+    track: &str,
+    at_ms: u64,
+    file: &Path,
+    media_ms: u64,
+    out: &Path,
+) -> Result<()> {
+    let want = stamp_at(&stamps_of(file)?, media_ms)
+        .with_context(|| format!("{} has no frame at {media_ms} ms", file.display()))?;
+    let got = snapshot(meeting, track, at_ms, out)?.with_context(|| {
+        format!("{track} shows nothing at {at_ms} ms (want {} at {media_ms} ms)", file.display())
+    })?;
+    ensure!(
+        got.abs_diff(want) <= 40,
+        "{track} at {at_ms} ms shows stamp {got}; {} at media {media_ms} ms shows {want}",
+        file.display()
+    );
+    Ok(())
+}
+
+// ---- BigBlueButton ------------------------------------------------------------------------
+
+/// The event clock's zero in the events written here (BigBlueButton's `Utils.hrTime()` is a
+/// monotonic clock in ms with an arbitrary origin).
+const T0: i64 = 7_000_000;
+/// Recording on from T0+1000 to T0+13000 and from T0+18000 to the last event (T0+40000).
+const KEPT: [(i64, i64); 2] = [(1000, 13_000), (18_000, 40_000)];
+
+/// The meeting time BigBlueButton's playback shows event time `t` (relative to T0) at: the
+/// recorded stretches back to back from 0 (generators/events.rb, edl_match_recording_marks).
+fn meeting_of(t: i64) -> u64 {
+    let mut before = 0;
+    for (a, b) in KEPT {
+        if t <= b {
+            return (before + (t - a).max(0)) as u64;
+        }
+        before += b - a;
+    }
+    before as u64
+}
+
+struct Bbb {
+    dir: PathBuf,
+    alice_1: PathBuf,
+    alice_2: PathBuf,
+    bob: PathBuf,
+    screen: PathBuf,
+}
+
+/// One `<event>` as `RedisEventsArchiver#store_events` (events_archiver.rb) writes it: the
+/// `timestamp`, `module` and `eventname` attributes, every other field a child element.
+fn event(t: i64, module: &str, name: &str, fields: &[(&str, &str)]) -> String {
+    let mut out = format!("  <event timestamp=\"{}\" module=\"{module}\" eventname=\"{name}\">\n", T0 + t);
+    for (k, v) in fields {
+        out.push_str(&format!("    <{k}>{v}</{k}>\n"));
+    }
+    out.push_str("  </event>\n");
+    out
+}
+
+/// A raw recording folder as archive.rb leaves it: `events.xml`, cameras under
+/// `video/<meeting_id>/`, the screen share under `deskshare/`, voice under `audio/`.
+fn bbb_folder(root: &Path) -> Result<Bbb> {
+    let id = "183f0bf3a0982a127bdb8161e0c44eb696b3e75c-1700000000000";
+    let dir = root.join(id);
+    let video = dir.join("video").join(id);
+    std::fs::create_dir_all(&video)?;
+    std::fs::create_dir_all(dir.join("deskshare"))?;
+    std::fs::create_dir_all(dir.join("audio"))?;
+    let fixtures = tandem_tests::fixture_meeting("meeting");
+    let cam = s(&fixtures.join("bob_video.webm"));
+    // bbb-webrtc-sfu names camera recordings `<profile>-<userId>-<time>.webm`.
+    let alice_1 = video.join("medium-w_alice-1700000002000.webm");
+    let alice_2 = video.join("medium-w_alice-1700000011000.webm");
+    let bob = video.join("medium-w_bob-1700000020000.webm");
+    ffmpeg(&["-i", &cam, "-t", "8", "-c", "copy", &s(&alice_1)])?;
+    ffmpeg(&["-ss", "10", "-i", &cam, "-t", "16", "-c", "copy", &s(&alice_2)])?;
+    ffmpeg(&["-ss", "27", "-i", &cam, "-c", "copy", &s(&bob)])?;
+    let screen = dir.join("deskshare").join("w_alice-1700000022000.webm");
+    ffmpeg(&[
+        "-i",
+        &s(&fixtures.join("screen_share.mkv")),
+        "-t",
+        "9",
+        "-an",
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "2M",
+        "-g",
+        "25",
+        &s(&screen),
+    ])?;
+    let voice = s(&tandem_tests::fixture_meeting("meeting-webrtc").join("mixed_audio.opus"));
+    // archive.rb re-encodes FreeSWITCH's WAV to Opus in Ogg named `<basename>.opus`.
+    ffmpeg(&[
+        "-i",
+        &voice,
+        "-t",
+        "12",
+        "-c",
+        "copy",
+        "-f",
+        "ogg",
+        &s(&dir.join("audio").join(format!("{id}-1701.opus"))),
+    ])?;
+    ffmpeg(&[
+        "-ss",
+        "4",
+        "-i",
+        &voice,
+        "-c",
+        "copy",
+        "-f",
+        "ogg",
+        &s(&dir.join("audio").join(format!("{id}-1718.opus"))),
+    ])?;
+    let kurento = |p: &Path| {
+        format!(
+            "/var/lib/kurento/recordings/{id}/{}",
+            p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        )
+    };
+    let screen_src = format!("/var/lib/kurento/screenshare/{id}/w_alice-1700000022000.webm");
+    // timestampUTC is the wall clock; it jumps back an hour at T0+19000 (an NTP step), which
+    // must move nothing.
+    let utc = |t: i64| (1_700_000_000_000 + t - if t >= 19_000 { 3_600_000 } else { 0 }).to_string();
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<recording meeting_id=\"{id}\" bbb_version=\"3.0.0\">\n  <meeting id=\"{id}\" externalId=\"class-1\" name=\"Class 1\" breakout=\"false\"/>\n  <metadata meetingName=\"Class 1\" isBreakout=\"false\"/>\n"
+    );
+    // akka-bbb-apps record/events/*.scala and bbb-webrtc-sfu WebRTCShareEvent.js
+    xml += &event(
+        0,
+        "PARTICIPANT",
+        "ParticipantJoinEvent",
+        &[("userId", "w_alice"), ("externalUserId", "a1"), ("name", "Alice Example"), ("role", "MODERATOR")],
+    );
+    xml += &event(1000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "true")]);
+    xml += &event(
+        1000,
+        "VOICE",
+        "StartRecordingEvent",
+        &[
+            ("bridge", "72013"),
+            ("recordingTimestamp", "1700000001000"),
+            ("filename", &format!("{id}-1701.opus")),
+        ],
+    );
+    xml += &event(
+        1500,
+        "PARTICIPANT",
+        "ParticipantJoinEvent",
+        &[("userId", "w_bob"), ("externalUserId", "b1"), ("name", "Bob"), ("role", "VIEWER")],
+    );
+    xml += &event(
+        2000,
+        "bbb-webrtc-sfu",
+        "StartWebRTCShareEvent",
+        &[("timestampUTC", &utc(2000)), ("filename", &kurento(&alice_1))],
+    );
+    xml += &event(
+        3000,
+        "VOICE",
+        "ParticipantTalkingEvent",
+        &[("bridge", "72013"), ("participant", "w_alice"), ("talking", "true")],
+    );
+    xml += &event(
+        6000,
+        "VOICE",
+        "ParticipantTalkingEvent",
+        &[("bridge", "72013"), ("participant", "w_alice"), ("talking", "false")],
+    );
+    xml += &event(
+        9000,
+        "bbb-webrtc-sfu",
+        "StopWebRTCShareEvent",
+        &[("timestampUTC", &utc(9000)), ("filename", &kurento(&alice_1))],
+    );
+    xml += &event(
+        11_000,
+        "bbb-webrtc-sfu",
+        "StartWebRTCShareEvent",
+        &[("timestampUTC", &utc(11_000)), ("filename", &kurento(&alice_2))],
+    );
+    xml += &event(13_000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "false")]);
+    xml += &event(
+        13_000,
+        "VOICE",
+        "StopRecordingEvent",
+        &[
+            ("bridge", "72013"),
+            ("recordingTimestamp", "1700000013000"),
+            ("filename", &format!("{id}-1701.opus")),
+        ],
+    );
+    xml += &event(18_000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "true")]);
+    xml += &event(
+        18_000,
+        "VOICE",
+        "StartRecordingEvent",
+        &[
+            ("bridge", "72013"),
+            ("recordingTimestamp", "1700000018000"),
+            ("filename", &format!("{id}-1718.opus")),
+        ],
+    );
+    xml += &event(
+        20_000,
+        "bbb-webrtc-sfu",
+        "StartWebRTCShareEvent",
+        &[("timestampUTC", &utc(20_000)), ("filename", &kurento(&bob)), ("userId", "w_bob")],
+    );
+    xml += &event(
+        22_000,
+        "bbb-webrtc-sfu",
+        "StartWebRTCDesktopShareEvent",
+        &[("timestampUTC", &utc(22_000)), ("filename", &screen_src)],
+    );
+    xml += &event(
+        25_000,
+        "bbb-webrtc-sfu",
+        "StopWebRTCShareEvent",
+        &[("timestampUTC", &utc(25_000)), ("filename", &kurento(&alice_2))],
+    );
+    xml += &event(
+        30_000,
+        "bbb-webrtc-sfu",
+        "StopWebRTCDesktopShareEvent",
+        &[("timestampUTC", &utc(30_000)), ("filename", &screen_src)],
+    );
+    xml += &event(40_000, "PARTICIPANT", "EndAndKickAllEvent", &[]);
+    xml += "</recording>\n";
+    std::fs::write(dir.join("events.xml"), xml)?;
+    Ok(Bbb { dir, alice_1, alice_2, bob, screen })
+}
+
+#[test]
+fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bbb = bbb_folder(root.path())?;
+    let meeting = root.path().join("class-1");
+    let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "import failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    eprintln!("{stdout}");
+    for want in [
+        "layout: BigBlueButton",
+        "participants: Alice Example, Bob",
+        "track Alice_Example_camera video camera Alice Example",
+        "track Bob_camera",
+        "track Alice_Example_screen",
+        "track mixed_audio audio mixed_audio",
+    ] {
+        ensure!(stdout.contains(want), "import printed no {want:?}:\n{stdout}");
+    }
+    // The camera that stopped and started is one track in two files; the media is linked or
+    // copied into the meeting, and the meeting lists every track.
+    let manifest = tandem::manifest::Manifest::load(&meeting)?;
+    let alice = manifest.track("Alice_Example_camera").context("alice's camera")?;
+    ensure!(alice.files().len() == 2, "alice's camera files: {:?}", alice.files());
+    let speakers = manifest.track("speakers").context("the talking events were not kept")?;
+    let vtt = std::fs::read_to_string(meeting.join(speakers.file()))?;
+    ensure!(
+        vtt.contains(&format!(
+            "00:00:{:02}.000 --> 00:00:{:02}.000\nAlice Example",
+            meeting_of(3000) / 1000,
+            meeting_of(6000) / 1000
+        )),
+        "{vtt}"
+    );
+    let tracks = run(&["tracks", &s(&meeting)])?;
+    let listed = String::from_utf8_lossy(&tracks.stdout);
+    ensure!(tracks.status.success(), "tracks failed: {}", String::from_utf8_lossy(&tracks.stderr));
+    for t in &manifest.tracks {
+        ensure!(listed.contains(&t.name), "tracks does not list {}:\n{listed}", t.name);
+    }
+    let play = run(&["play", &s(&meeting), "--headless", "--at", "8", "--for", "8"])?;
+    let played = String::from_utf8_lossy(&play.stdout);
+    ensure!(play.status.success(), "play failed: {}\n{played}", String::from_utf8_lossy(&play.stderr));
+    ensure!(played.contains("stopped at 0:16"), "{played}");
+
+    // Every camera and screen file at the meeting time its events give, to the frame: before
+    // and after the pause (cut out), the restarted camera, the late one, the screen share.
+    let out = root.path().join("png");
+    std::fs::create_dir_all(&out)?;
+    let cases: [(&str, &Path, i64, i64); 7] = [
+        // (track, file, event time of its start, event time shown)
+        ("Alice_Example_camera", &bbb.alice_1, 2000, 2500),
+        ("Alice_Example_camera", &bbb.alice_1, 2000, 8800),
+        ("Alice_Example_camera", &bbb.alice_2, 11_000, 12_500),
+        ("Alice_Example_camera", &bbb.alice_2, 11_000, 18_400),
+        ("Alice_Example_camera", &bbb.alice_2, 11_000, 24_000),
+        ("Bob_camera", &bbb.bob, 20_000, 33_000),
+        ("Alice_Example_screen", &bbb.screen, 22_000, 26_000),
+    ];
+    for (track, file, start, shown) in cases {
+        check_shows(&meeting, track, meeting_of(shown), file, (shown - start) as u64, &out)?;
+    }
+    // Nothing where nothing was recorded: alice between her two files, bob before he started.
+    ensure!(
+        snapshot(&meeting, "Alice_Example_camera", meeting_of(10_000), &out)?.is_none(),
+        "alice's camera shows between its files"
+    );
+    ensure!(
+        snapshot(&meeting, "Bob_camera", meeting_of(19_000), &out)?.is_none(),
+        "bob's camera shows before it started"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bigbluebutton_events_file_cut_short_is_refused_with_its_line() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bbb = bbb_folder(root.path())?;
+    let events = bbb.dir.join("events.xml");
+    let text = std::fs::read_to_string(&events)?;
+    // Cut at the start of the line of the first stop event, as a full disk would leave it.
+    let stop = text.find("eventname=\"StopWebRTCShareEvent\"").context("no stop event")?;
+    let cut = &text[..text[..stop].rfind('\n').context("no line")? + 1];
+    std::fs::write(&events, cut)?;
+    let meeting = root.path().join("cut");
+    let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.code() == Some(1), "a cut events.xml imported: {stderr}");
+    let lines = cut.lines().count();
+    ensure!(
+        stderr.starts_with("error:")
+            && stderr.contains(&format!("events.xml:{lines}:"))
+            && stderr.contains("cut short"),
+        "{stderr}"
+    );
+    ensure!(!meeting.exists(), "a failed import left {}", meeting.display());
+    // A file an event names but the folder lacks: the event and the file are named.
+    std::fs::write(&events, text)?;
+    std::fs::remove_file(&bbb.bob)?;
+    let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1)
+            && stderr.contains("StartWebRTCShareEvent")
+            && stderr.contains("medium-w_bob"),
+        "{stderr}"
+    );
+    ensure!(!meeting.exists(), "a failed import left {}", meeting.display());
+    Ok(())
+}
+
+#[test]
+fn import_refuses_an_output_that_exists() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bbb = bbb_folder(root.path())?;
+    let meeting = root.path().join("taken");
+    std::fs::create_dir(&meeting)?;
+    std::fs::write(meeting.join("keep.txt"), "mine")?;
+    let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1) && stderr.starts_with("error:") && stderr.contains("already exists"),
+        "{stderr}"
+    );
+    ensure!(
+        std::fs::read_to_string(meeting.join("keep.txt"))? == "mine"
+            && !meeting.join("meeting.json").exists(),
+        "the existing folder was touched"
+    );
+    Ok(())
+}
+
+// ---- LiveKit ------------------------------------------------------------------------------
+
+#[test]
+fn livekit_track_egress_imports_by_each_files_media_start() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dir = root.path().join("bucket");
+    std::fs::create_dir_all(&dir)?;
+    let fixtures = tandem_tests::fixture_meeting("meeting");
+    // egress pkg/types TrackOutputTypes: VP8 -> WebM, H.264 -> MP4, Opus -> OGG; files named
+    // `{track_id}-{time}` (the default filepath template).
+    let cam = dir.join("TR_VCam1-2024-05-01T101500.webm");
+    let screen = dir.join("TR_VScr2-2024-05-01T101503.mp4");
+    let mic = dir.join("TR_AMic3-2024-05-01T101500.ogg");
+    ffmpeg(&["-ss", "6", "-i", &s(&fixtures.join("bob_video.webm")), "-t", "20", "-c", "copy", &s(&cam)])?;
+    ffmpeg(&["-i", &s(&fixtures.join("screen_share.mkv")), "-t", "12", "-c", "copy", &s(&screen)])?;
+    ffmpeg(&[
+        "-i",
+        &s(&tandem_tests::fixture_meeting("meeting-webrtc").join("mixed_audio.opus")),
+        "-t",
+        "15",
+        "-c",
+        "copy",
+        "-f",
+        "ogg",
+        &s(&mic),
+    ])?;
+    let base: i128 = 1_714_558_500_000_000_000;
+    // (egress id, track id, kind, source, identity, file, request start, media start)
+    let egresses = [
+        ("EG_cam", "TR_VCam1", "video", "camera", "carol", &cam, base, base + 740_000_000),
+        (
+            "EG_scr",
+            "TR_VScr2",
+            "video",
+            "screen_share",
+            "carol",
+            &screen,
+            base + 3_000_000_000,
+            base + 3_910_000_000,
+        ),
+        ("EG_mic", "TR_AMic3", "audio", "microphone", "dave", &mic, base + 200_000_000, base + 500_000_000),
+    ];
+    for (egress, track, kind, source, identity, file, requested, media) in &egresses {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // egress pkg/config/manifest.go Manifest (Go encoding/json: snake_case, int64 numbers)
+        let manifest = serde_json::json!({
+            "egress_id": egress, "room_id": "RM_x", "room_name": "standup",
+            "started_at": *requested as i64, "ended_at": (*media + 30_000_000_000) as i64,
+            "publisher_identity": identity, "track_id": track, "track_kind": kind, "track_source": source,
+            "files": [{"filename": name, "location": format!("s3://bucket/{name}")}],
+        });
+        std::fs::write(dir.join(format!("{egress}.json")), serde_json::to_string_pretty(&manifest)?)?;
+        if *egress == "EG_mic" {
+            continue; // no webhook kept for this one: placed by its request time
+        }
+        // protocol livekit_webhook.proto WebhookEvent / livekit_egress.proto EgressInfo,
+        // FileInfo (protojson: camelCase, 64-bit integers as strings)
+        let webhook = serde_json::json!({
+            "event": "egress_ended", "id": format!("EV_{egress}"), "createdAt": "1714558600",
+            "egressInfo": {
+                "egressId": egress, "roomId": "RM_x", "roomName": "standup", "status": "EGRESS_COMPLETE",
+                "startedAt": requested.to_string(), "endedAt": (media + 30_000_000_000).to_string(),
+                "track": {"roomName": "standup", "trackId": track, "file": {"filepath": name}},
+                "fileResults": [{"filename": name, "startedAt": media.to_string(), "endedAt": (media + 20_000_000_000).to_string(), "duration": "20000000000", "size": "1000", "location": format!("s3://bucket/{name}")}],
+            },
+        });
+        std::fs::write(dir.join(format!("webhook-{egress}.json")), serde_json::to_string(&webhook)?)?;
+    }
+    let meeting = root.path().join("standup");
+    let output = run(&["import", &s(&dir), "-o", &s(&meeting)])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "import failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    eprintln!("{stdout}");
+    for want in [
+        "layout: LiveKit track egress",
+        "participants:",
+        "track carol_camera video camera carol",
+        "track carol_screen video screen carol",
+        "track dave_mic audio microphone dave",
+        "note: TR_AMic3",
+    ] {
+        ensure!(stdout.contains(want), "import printed no {want:?}:\n{stdout}");
+    }
+    // Zero is the earliest start: the microphone's request time (it has no EgressInfo).
+    let zero = base + 200_000_000;
+    let at = |ns: i128| ((ns - zero) / 1_000_000) as u64;
+    let out = root.path().join("png");
+    std::fs::create_dir_all(&out)?;
+    for (track, file, media_start, shown_ms) in [
+        ("carol_camera", &cam, base + 740_000_000, 3_000u64),
+        ("carol_camera", &cam, base + 740_000_000, 17_250),
+        ("carol_screen", &screen, base + 3_910_000_000, 9_000),
+    ] {
+        let start = at(media_start);
+        check_shows(&meeting, track, shown_ms, file, shown_ms - start, &out)?;
+    }
+    ensure!(
+        snapshot(&meeting, "carol_screen", at(base + 3_910_000_000) - 200, &out)?.is_none(),
+        "the screen shows before its media starts"
+    );
+    let play = run(&["play", &s(&meeting), "--headless", "--at", "2", "--for", "3"])?;
+    ensure!(play.status.success(), "play failed: {}", String::from_utf8_lossy(&play.stderr));
+    Ok(())
+}
