@@ -42,7 +42,7 @@ async fn random_ranges_are_byte_identical() {
         assert_eq!(info.duration_ms, Some(60_000));
         for (name, size) in TRACK_SIZES {
             let t = info.track(name).expect("track listed");
-            assert_eq!(t.size, *size as u64);
+            assert_eq!(t.sizes, vec![*size as u64]);
             let kind = if *name == "captions" { TrackKind::Captions } else { TrackKind::Video };
             assert_eq!(t.kind, kind);
             assert_eq!(t.segments.len(), 1);
