@@ -22,7 +22,8 @@
 //! playback over HTTP ranges from nginx through the same link. Goals are reported, not enforced.
 //!
 //! `cargo bench -p tandem-benches --bench link` (`TANDEM_BENCH_SEEKS`, default 20 per mode;
-//! `TANDEM_BENCH_PLAY_SECS`; `TANDEM_BENCH_MINUTES`, the long meeting, at least the play). With
+//! `TANDEM_BENCH_PLAY_SECS`; `TANDEM_BENCH_MINUTES`, the long meeting, at least the play;
+//! `TANDEM_BENCH_LINKS=far,lossy`, only those links; `RUST_LOG`, tracing on stderr). With
 //! `TANDEM_BENCH_SMOKE=1`: the fixture only, 5 s of play per link; one open and one seek per
 //! mode with GStreamer beside on the unshaped and far links; on the slow ones only ours playing.
 
@@ -530,6 +531,13 @@ fn main() -> Result<()> {
     if !tandem_benches::invoked_as_bench() {
         return Ok(());
     }
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_thread_names(true)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let fixture_dir = fixture_meeting().canonicalize()?;
     let fixtures_root = fixture_dir.parent().context("fixtures folder")?.to_path_buf();
     let minutes = bench_minutes();
@@ -546,26 +554,34 @@ fn main() -> Result<()> {
     let seeks = env("TANDEM_BENCH_SEEKS", 20) as usize;
     let bitrate = meeting_bitrate(&fixture_dir)?;
     let secs = Duration::from_secs;
+    // `TANDEM_BENCH_LINKS=far,lossy` measures only those links.
+    let only: Option<Vec<String>> = std::env::var("TANDEM_BENCH_LINKS")
+        .ok()
+        .map(|s| s.split(',').map(|l| l.trim().to_string()).collect());
     let links = [
         ("loopback", Shape::loopback()),
         ("far", Shape::far()),
         ("lossy", Shape::lossy()),
         ("short", Shape::short(bitrate)),
-    ];
-    let cases = links.map(|(name, shape)| {
-        let slow = name == "lossy" || name == "short";
-        if smoke() {
-            // Well under 2 minutes in all: the slow links (an open there takes 8-15 s) only
-            // play ours (the play's open is not timed).
-            let (opens, seeks) = (usize::from(!slow), usize::from(!slow));
-            LinkCase { name, shape, opens, seeks, baseline: !slow, play: secs(5), long_play: false }
-        } else {
-            // Capped below at the meeting's end less 5 s (55 s for the fixture).
-            let play = if name == "far" || name == "lossy" { secs(play_secs) } else { secs(60) };
-            let long_play = name == "far" || name == "lossy";
-            LinkCase { name, shape, opens: 3, seeks, baseline: true, play, long_play }
-        }
-    });
+    ]
+    .into_iter()
+    .filter(|(name, _)| only.as_ref().is_none_or(|only| only.iter().any(|o| o == name)));
+    let cases: Vec<LinkCase> = links
+        .map(|(name, shape)| {
+            let slow = name == "lossy" || name == "short";
+            if smoke() {
+                // Well under 2 minutes in all: the slow links (an open there takes 8-15 s) only
+                // play ours (the play's open is not timed).
+                let (opens, seeks) = (usize::from(!slow), usize::from(!slow));
+                LinkCase { name, shape, opens, seeks, baseline: !slow, play: secs(5), long_play: false }
+            } else {
+                // Capped below at the meeting's end less 5 s (55 s for the fixture).
+                let play = if name == "far" || name == "lossy" { secs(play_secs) } else { secs(60) };
+                let long_play = name == "far" || name == "lossy";
+                LinkCase { name, shape, opens: 3, seeks, baseline: true, play, long_play }
+            }
+        })
+        .collect();
     let link = Arc::new(ShapedLink::new(Shape::loopback())?);
     let (_fixture_server, fixture_to_serve) = ToServe::start(&link, &fixtures_root, &fixture_dir)?;
     let long_root = long_dir.parent().context("long meeting's root")?.to_path_buf();
@@ -575,6 +591,7 @@ fn main() -> Result<()> {
         bitrate as f64 / 1e6,
         cases.len()
     );
+    let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
     let inside = link.clone();
     let bind = std::net::SocketAddr::from((link.a().addr(), 0));
     // Everything that plays runs inside namespace a, threads started there included.
@@ -593,9 +610,9 @@ fn main() -> Result<()> {
     })??;
     let mut figures = Vec::new();
     let mut details = serde_json::Map::new();
-    for (m, name) in measured.into_iter().zip(["loopback", "far", "lossy", "short"]) {
+    for (m, case) in measured.into_iter().zip(&names) {
         figures.extend(m.figures);
-        details.insert(name.into(), m.details);
+        details.insert((*case).into(), m.details);
     }
     details.insert("meeting_bitrate_bps".into(), json!(bitrate));
     details.insert("play_secs".into(), json!(play_secs));

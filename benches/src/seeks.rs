@@ -234,6 +234,26 @@ pub fn run_ours(meeting: Meeting, info: &MeetingInfo, targets: &[MediaTime], mod
             Some(at) => {
                 runs.times.push(at.duration_since(start));
                 runs.bytes.push(fetched() - bytes);
+                if std::env::var_os("TANDEM_BENCH_VERBOSE").is_some() {
+                    let seen = ours::since(&log, mark);
+                    let firsts: Vec<String> = seen
+                        .iter()
+                        .filter(|r| r.gen == gen && !r.preroll)
+                        .fold(Vec::<&Rendered>::new(), |mut firsts, r| {
+                            if !firsts.iter().any(|f| f.track == r.track) {
+                                firsts.push(r);
+                            }
+                            firsts
+                        })
+                        .iter()
+                        .map(|r| format!("{} {:?}", r.track, r.at.duration_since(start)))
+                        .collect();
+                    eprintln!(
+                        "ours: seek to {t} ({mode:?}) landed in {:?}; first played: {}",
+                        at.duration_since(start),
+                        firsts.join(", ")
+                    );
+                }
             }
             None => {
                 runs.timeouts += 1;

@@ -183,7 +183,7 @@ impl Session {
                 meeting.tracks().iter().filter(|t| t.kind == TrackKind::Video).cloned().collect()
             }
             ExportLayout::Track(name) => {
-                let desc = meeting.track(name).ok_or_else(|| PlayerError::UnknownTrack(name.clone()))?;
+                let desc = meeting.track(name).ok_or_else(|| PlayerError::unknown_track(name.clone()))?;
                 if desc.kind != TrackKind::Video {
                     return Err(PlayerError::Unsupported {
                         track: name.clone(),
@@ -386,7 +386,7 @@ impl Session {
                 if let PlayerEvent::TrackError { track, message } = event {
                     let message =
                         message.strip_prefix(&format!("track {track}: ")).unwrap_or(&message).to_string();
-                    return Err(PlayerError::Open { track: track.to_string(), message });
+                    return Err(PlayerError::open(track.to_string(), message));
                 }
             }
             self.check_bus()?;

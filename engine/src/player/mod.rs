@@ -100,20 +100,12 @@ use crate::stream::{
 };
 use crate::time::MediaTime;
 
-/// Why the player could not do what it was asked.
+/// Why the player could not do what it was asked: what the stream says, or GStreamer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlayerError {
+    /// Reading the meeting: its manifest, an index, the peer, a track.
     #[error(transparent)]
-    Manifest(#[from] Arc<ManifestError>),
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    #[cfg(feature = "net")]
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
-    #[error("opening track {track}: {message}")]
-    Open { track: String, message: String },
-    #[error("no track named {0:?} in this meeting")]
-    UnknownTrack(String),
+    Stream(#[from] StreamError),
     #[error("track {track}: {what}")]
     Unsupported { track: String, what: String },
     #[error("GStreamer: {0}")]
@@ -124,25 +116,31 @@ pub enum PlayerError {
     Rate(f64),
 }
 
-impl From<ManifestError> for PlayerError {
-    fn from(e: ManifestError) -> Self {
-        PlayerError::Manifest(Arc::new(e))
+impl PlayerError {
+    pub(crate) fn unknown_track(name: impl Into<String>) -> PlayerError {
+        StreamError::UnknownTrack(name.into()).into()
+    }
+    pub(crate) fn open(track: impl Into<String>, message: impl Into<String>) -> PlayerError {
+        StreamError::Open { track: track.into(), message: message.into() }.into()
     }
 }
 
-impl From<StreamError> for PlayerError {
-    fn from(e: StreamError) -> Self {
-        match e {
-            StreamError::Manifest(e) => PlayerError::Manifest(e),
-            StreamError::Index(e) => PlayerError::Index(e),
-            #[cfg(feature = "net")]
-            StreamError::Net(e) => PlayerError::Net(e),
-            StreamError::Open { track, message } => PlayerError::Open { track, message },
-            StreamError::UnknownTrack(track) => PlayerError::UnknownTrack(track),
-            StreamError::FileCodec { ref track, .. } => {
-                PlayerError::Open { track: track.clone(), message: e.to_string() }
-            }
-        }
+impl From<ManifestError> for PlayerError {
+    fn from(e: ManifestError) -> Self {
+        StreamError::from(e).into()
+    }
+}
+
+impl From<IndexError> for PlayerError {
+    fn from(e: IndexError) -> Self {
+        StreamError::from(e).into()
+    }
+}
+
+#[cfg(feature = "net")]
+impl From<crate::net::NetError> for PlayerError {
+    fn from(e: crate::net::NetError) -> Self {
+        StreamError::from(e).into()
     }
 }
 
@@ -336,7 +334,7 @@ impl Player {
                 // Captions alone play nothing: the meeting needs one audio or video track.
                 Ok(()) if inner.has_media() => opened += 1,
                 Ok(()) => {}
-                Err(PlayerError::UnknownTrack(name)) => return Err(PlayerError::UnknownTrack(name)),
+                Err(e @ PlayerError::Stream(StreamError::UnknownTrack(_))) => return Err(e),
                 Err(e) => {
                     tracing::warn!(track = %name, error = %e, "track left out");
                     inner.events.send(PlayerEvent::TrackError {
@@ -397,7 +395,7 @@ impl Player {
         if self.inner.remove_track(track) {
             Ok(())
         } else {
-            Err(PlayerError::UnknownTrack(track.to_string()))
+            Err(PlayerError::unknown_track(track))
         }
     }
 
@@ -676,12 +674,8 @@ impl Inner {
     /// A track's reads before its branch can be built: its index, or all its cues. Runs on
     /// any thread, for every track at once.
     fn open_track(&self, name: &str) -> Result<Opened, PlayerError> {
-        let desc = self
-            .stream
-            .meeting()
-            .track(name)
-            .cloned()
-            .ok_or_else(|| PlayerError::UnknownTrack(name.into()))?;
+        let desc =
+            self.stream.meeting().track(name).cloned().ok_or_else(|| PlayerError::unknown_track(name))?;
         if desc.kind == TrackKind::Captions {
             let cues = self.load_cues(name)?;
             return Ok(Opened::Captions { desc, cues });
@@ -792,16 +786,9 @@ impl Inner {
             match subscription.recv_timeout(Duration::from_secs(30)).map(|t| t.item) {
                 Ok(Item::Cue(cue)) => cues.push(cue),
                 Ok(Item::End) => return Ok(cues),
-                Ok(Item::Failed { message }) => {
-                    return Err(PlayerError::Open { track: name.into(), message })
-                }
+                Ok(Item::Failed { message }) => return Err(PlayerError::open(name, message)),
                 Ok(_) => {}
-                Err(_) => {
-                    return Err(PlayerError::Open {
-                        track: name.into(),
-                        message: "its cues did not arrive within 30 s".into(),
-                    })
-                }
+                Err(_) => return Err(PlayerError::open(name, "its cues did not arrive within 30 s")),
             }
         }
     }

@@ -17,12 +17,13 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::source::{check_range, RangeSource, SourceError};
+use crate::source::{check_range, Cancel, RangeSource, SourceError};
 
 /// Block size: small enough that a cold small read stays cheap.
 const BLOCK: u64 = 32 * 1024;
-/// Blocks kept (1 MiB).
-const CAPACITY: usize = 32;
+/// Blocks kept (2 MiB): a Matroska cluster of up to 1 MiB, walked whole, stays for the media
+/// read that follows.
+const CAPACITY: usize = 64;
 /// Most blocks a sequential miss fetches beyond what it asked (256 KiB).
 const AHEAD_MOST: u64 = 8;
 
@@ -86,6 +87,34 @@ impl BlockCache {
     }
 }
 
+impl BlockCache {
+    /// Fetches the blocks of `start..start+len` in one read, unless all are here: what a walk
+    /// about to start will read, so it finds memory rather than a round trip per window.
+    /// Gives up when `cancel` is set.
+    pub(crate) fn prefetch(&self, start: u64, len: u64, cancel: &Cancel) -> Result<(), SourceError> {
+        let size = self.inner.len();
+        let len = len.min(size.saturating_sub(start)).min(Self::MOST_KEPT);
+        if len == 0 || self.read_cached(start, len).is_some() {
+            return Ok(());
+        }
+        let (first, last) = (start / BLOCK, (start + len - 1) / BLOCK);
+        let from = first * BLOCK;
+        let to = ((last + 1) * BLOCK).min(size);
+        let started = std::time::Instant::now();
+        let data = self.inner.read_range_cancellable(from, to - from, cancel)?;
+        tracing::debug!(start = from, len = to - from, took = ?started.elapsed(), "prefetch");
+        if data.len() as u64 != to - from {
+            return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
+        }
+        for block in first..=last {
+            let at = ((block - first) * BLOCK) as usize;
+            self.insert(block, data.slice(at..(at + BLOCK as usize).min(data.len())));
+        }
+        *self.ahead.lock().unwrap_or_else(|e| e.into_inner()) = (last + 1, 1);
+        Ok(())
+    }
+}
+
 /// `len` bytes from `skip` into consecutive blocks: a slice when one block holds them.
 fn join(mut parts: Vec<Bytes>, skip: u64, len: u64) -> Bytes {
     let skip = skip as usize;
@@ -137,6 +166,7 @@ impl RangeSource for BlockCache {
         let (first, last) = (start / BLOCK, (start + len - 1) / BLOCK);
         // Too big to keep: straight through.
         if last - first + 1 > CAPACITY as u64 / 2 {
+            tracing::debug!(start, len, "index read, not kept");
             return self.inner.read_range(start, len);
         }
         let mut parts: Vec<Option<Bytes>> = (first..=last).map(|b| self.cached(b)).collect();
@@ -153,7 +183,9 @@ impl RangeSource for BlockCache {
             let fetch_end = self.fetch_end(run_start, b, size);
             let from = run_start * BLOCK;
             let to = (fetch_end * BLOCK).min(size);
+            let started = std::time::Instant::now();
             let data = self.inner.read_range(from, to - from)?;
+            tracing::debug!(start = from, len = to - from, took = ?started.elapsed(), "index read");
             if data.len() as u64 != to - from {
                 return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
             }

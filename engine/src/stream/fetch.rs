@@ -31,7 +31,7 @@ use super::sizer::RecentWaits;
 use super::subscription::TrackFile;
 use super::timeline::{Place, Span};
 use super::{RequestSizer, Shared};
-use crate::index::{Codec, ReadPos, Sample, TrackIndex};
+use crate::index::{Codec, Container, Keyframe, ReadPos, Sample, TrackIndex};
 use crate::manifest::TrackKind;
 use crate::source::{Cancel, RangeSource, SourceError};
 use crate::time::MediaTime;
@@ -53,8 +53,20 @@ const WALK_WAITS: Duration = Duration::from_millis(20);
 const READ_AHEAD_LEAST: u64 = 64 * 1024;
 /// A video frame this far behind the cursor is late: with catch-up on, it is not fetched.
 const LATE: MediaTime = MediaTime::from_millis(100);
+/// Past a start's target, the frames a reordering decoder holds before showing the target.
+const REORDER_MARGIN: MediaTime = MediaTime::from_millis(100);
+/// A prefetch asks this much more than the mean byte rate says (keyframes are large)...
+const PREFETCH_MARGIN: f64 = 1.5;
+/// ...and at least this much.
+const PREFETCH_LEAST: u64 = 64 * 1024;
 /// Bytes per chunk of a track without an index.
 const CHUNK: u64 = 256 * 1024;
+
+/// Whether the index finds samples by reading the media itself (Matroska clusters, Ogg
+/// pages, MP3 frames, fragments) rather than from a table it holds (MP4's `moov`, cues).
+fn walks_media(index: &TrackIndex) -> bool {
+    !matches!(index.info().container, Container::Mp4 | Container::WebVtt | Container::Srt)
+}
 
 /// What a worker is told to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +434,7 @@ impl Fetcher {
             let started = Instant::now();
             match self.data_source.read_range_cancellable(start, len, &self.cancel) {
                 Ok(data) => {
+                    tracing::debug!(track = %self.desc.name, start, len, took = ?started.elapsed(), "read");
                     self.sizer.record(data.len() as u64, started.elapsed());
                     self.waits.note(started.elapsed());
                     self.figures.throughput.store(self.sizer.throughput().to_bits(), Ordering::Relaxed);
@@ -454,6 +467,7 @@ impl Fetcher {
         let src: &dyn RangeSource = source.as_ref();
         let preroll = if index.info().codec == Codec::Opus { OPUS_PREROLL } else { MediaTime::ZERO };
         let keyframe = index.seek(src, media.saturating_sub(preroll).max(MediaTime::ZERO)).map_err(failed)?;
+        self.prefetch_walk(index, &keyframe, media)?;
         let end_media = span.end.map(|e| span.to_media(e));
         // Media before this is decoded but not shown: before the target or the span's start.
         let show_from = span.to_media(run.target.max(span.start));
@@ -467,8 +481,23 @@ impl Fetcher {
         run.truncated = false;
         run.media_end = media;
         loop {
-            // Keep enough samples indexed to find presentation order and fill a request.
-            while pending.len() < INDEX_BATCH / 2 {
+            // Keep enough samples indexed to find presentation order and fill a request; the
+            // first request's whole stretch: up to the target and a refill beyond it where
+            // the index lists samples without reading; where the walk reads the media, only
+            // the frames a reordering decoder needs past the target, so the first frame does
+            // not wait for the walk's next round trip.
+            let beyond = if walks_media(index) { REORDER_MARGIN } else { self.refill() };
+            let first_horizon = media.saturating_add(beyond);
+            let wanted = |pending: &VecDeque<Sample>| {
+                pending.len() < INDEX_BATCH / 2
+                    || (first
+                        && pending.back().is_some_and(|s| s.dts <= first_horizon)
+                        && pending
+                            .back()
+                            .zip(pending.front())
+                            .is_some_and(|(b, f)| b.end().saturating_sub(f.offset) < RequestSizer::MAX))
+            };
+            while wanted(&pending) {
                 let Some(pos) = next_pos else { break };
                 let asked = Instant::now();
                 let batch = index.samples(src, pos, INDEX_BATCH).map_err(failed)?;
@@ -524,16 +553,17 @@ impl Fetcher {
             } else {
                 self.wait_for_room(run)?;
             }
-            // The first request covers what the target needs; later ones what the buffer
-            // target needs and a refill beyond it, within the request size: topping up only
-            // what the cursor freed would cost a round trip per few packets on a far link.
-            let horizon = if first {
-                media
+            // The first request covers what the target needs, whatever its size (split, it
+            // would cost a round trip per piece), and a refill beyond it, so playing on does
+            // not wait for the next one; later ones what the buffer target needs and a refill
+            // beyond it, within the request size: topping up only what the cursor freed would
+            // cost a round trip per few packets on a far link.
+            let (horizon, budget) = if first {
+                (first_horizon, RequestSizer::MAX)
             } else {
                 let ahead = self.target().saturating_add(self.refill());
-                span.to_media(self.cursor(&mut *run).saturating_add(ahead))
+                (span.to_media(self.cursor(&mut *run).saturating_add(ahead)), self.sizer.request_bytes())
             };
-            let budget = self.sizer.request_bytes();
             let mut count = 0;
             let mut range_end = head.end();
             for s in pending.iter() {
@@ -590,6 +620,36 @@ impl Fetcher {
                 self.advance(run, end, size);
             }
             pending.drain(..count);
+        }
+    }
+
+    /// Where the index walks the media itself (Matroska clusters, Ogg pages, MP3 frames,
+    /// fragments), fetches in one read what the walk from `keyframe` to `media` and a refill
+    /// beyond is likely to cover, estimated at the file's mean byte rate: on a far link the
+    /// walk would otherwise pay a round trip per window. A cancelled prefetch is no failure.
+    fn prefetch_walk(
+        &mut self,
+        index: &TrackIndex,
+        keyframe: &Keyframe,
+        media: MediaTime,
+    ) -> Result<(), Flow> {
+        let info = index.info();
+        if !walks_media(index) {
+            return Ok(());
+        }
+        let Some(duration) = info.duration.filter(|d| *d > MediaTime::ZERO) else { return Ok(()) };
+        let byte_rate = self.data_source.len() as f64 / duration.as_secs_f64();
+        let stretch = media.saturating_sub(keyframe.pts).saturating_add(self.refill());
+        let len = (byte_rate * stretch.as_secs_f64() * PREFETCH_MARGIN) as u64 + PREFETCH_LEAST;
+        match self.source.prefetch(keyframe.offset, len, &self.cancel) {
+            Ok(()) => Ok(()),
+            Err(SourceError::Cancelled { .. }) => {
+                self.poll_commands()?;
+                self.cancel.reset();
+                Ok(())
+            }
+            // The walk reads again, and reports what fails there.
+            Err(_) => Ok(()),
         }
     }
 
