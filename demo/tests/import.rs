@@ -552,3 +552,42 @@ fn livekit_track_egress_imports_by_each_files_media_start() -> Result<()> {
     ensure!(play.status.success(), "play failed: {}", String::from_utf8_lossy(&play.stderr));
     Ok(())
 }
+
+// ---- Any other recorder -------------------------------------------------------------------
+
+#[test]
+fn files_of_any_recorder_import_at_the_offsets_given() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let fixtures = tandem_tests::fixture_meeting("meeting");
+    let cam = fixtures.join("bob_video.webm");
+    let meeting = root.path().join("by-hand");
+    let output = run(&[
+        "import",
+        "-o",
+        &s(&meeting),
+        "--track",
+        &format!("cam={}@1:02.5", s(&cam)),
+        "--track",
+        &format!("room={}@1500ms", s(&fixtures.join("mixed_audio.ogg"))),
+        "--participant",
+        "cam=Erin",
+    ])?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(output.status.success(), "import failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    ensure!(
+        stdout.contains("track cam video camera Erin") && stdout.contains("track room audio microphone"),
+        "{stdout}"
+    );
+    let out = root.path().join("png");
+    std::fs::create_dir_all(&out)?;
+    check_shows(&meeting, "cam", 70_000, &cam, 70_000 - 62_500, &out)?;
+    ensure!(snapshot(&meeting, "cam", 62_000, &out)?.is_none(), "the camera shows before its offset");
+    let bad =
+        run(&["import", "-o", &s(&root.path().join("bad")), "--track", &format!("cam={}@soon", s(&cam))])?;
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    ensure!(
+        bad.status.code() == Some(1) && stderr.starts_with("error:") && stderr.contains("soon"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub enum Layout {
     /// LiveKit track egress output: one file per track and its egress manifest JSON, with or
     /// without the `egress_ended` webhook's EgressInfo.
     LiveKitEgress,
+    /// Files of any other recorder, placed by hand ([`manual`]).
+    Manual,
 }
 
 impl fmt::Display for Layout {
@@ -47,6 +49,7 @@ impl fmt::Display for Layout {
         f.write_str(match self {
             Layout::BigBlueButton => "BigBlueButton raw recording",
             Layout::LiveKitEgress => "LiveKit track egress",
+            Layout::Manual => "files placed by hand",
         })
     }
 }
@@ -163,6 +166,8 @@ pub fn plan(dir: &Path) -> Result<Plan, ImportError> {
     match detect(dir)? {
         Layout::BigBlueButton => bbb::plan(dir),
         Layout::LiveKitEgress => livekit::plan(dir),
+        // `detect` never answers it: files placed by hand come through `manual`.
+        Layout::Manual => Err(ImportError::UnknownLayout { dir: dir.to_path_buf() }),
     }
 }
 
@@ -184,6 +189,65 @@ fn check_output(out: &Path) -> Result<String, ImportError> {
         return Err(ImportError::BadName { path: out.to_path_buf() });
     }
     Ok(name.to_string())
+}
+
+/// `--track NAME=FILE@OFFSET`: a file of any other recorder, placed by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manual {
+    pub name: String,
+    pub file: PathBuf,
+    /// Where the file's media time 0 lands on the meeting timeline.
+    pub offset_ms: u64,
+    pub participant: Option<String>,
+}
+
+/// A plan from files placed by hand: the kind from each file's own index (video, audio or
+/// captions), the role from the kind.
+pub fn manual(tracks: &[Manual]) -> Result<Plan, ImportError> {
+    let mut planned = Vec::new();
+    let mut participants: Vec<String> = Vec::new();
+    for t in tracks {
+        let source = crate::source::FileSource::open(&t.file).map_err(io_error(&t.file))?;
+        let index = crate::index::TrackIndex::open(&t.name, &source).map_err(|e| ImportError::Field {
+            file: t.file.clone(),
+            field: format!("--track {}", t.name),
+            message: e.to_string(),
+        })?;
+        let codec = &index.info().codec;
+        let (kind, role) = if codec.is_video() {
+            (TrackKind::Video, Role::Camera)
+        } else if matches!(codec, crate::index::Codec::WebVtt | crate::index::Codec::Srt) {
+            (TrackKind::Captions, Role::Captions)
+        } else {
+            (TrackKind::Audio, Role::Microphone)
+        };
+        if let Some(p) = &t.participant {
+            if !participants.contains(p) {
+                participants.push(p.clone());
+            }
+        }
+        planned.push(PlannedTrack {
+            name: t.name.clone(),
+            kind,
+            role,
+            participant: t.participant.clone(),
+            segments: vec![Placed {
+                source: t.file.clone(),
+                start_ms: t.offset_ms,
+                media_start_ms: 0,
+                end_ms: None,
+            }],
+        });
+    }
+    Ok(Plan {
+        layout: Layout::Manual,
+        participants,
+        tracks: planned,
+        skipped: Vec::new(),
+        notes: Vec::new(),
+        talking: Vec::new(),
+        duration_ms: None,
+    })
 }
 
 /// A participant's name as it may appear in a track name.
