@@ -390,6 +390,64 @@ fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> 
     Ok(())
 }
 
+/// Known bug, found by this test and not fixed yet: where a camera file's stretch before a
+/// recording pause is followed at once by its stretch after it (two adjacent segments of one
+/// file), the export shows, just before the boundary, frames the second segment decodes only
+/// as references (at meeting 11966 ms stamps 18167 or 19792 in two runs, where the events put
+/// 15375). Snapshots,
+/// which seek, are right (see the test above).
+#[test]
+#[ignore = "known bug: an export across adjacent segments of one file shows the second segment's decode-only frames"]
+fn an_export_across_a_recording_pause_shows_each_frame_where_the_events_put_it() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bbb = bbb_folder(root.path())?;
+    let meeting = root.path().join("class-1");
+    let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
+    ensure!(output.status.success(), "import failed: {}", String::from_utf8_lossy(&output.stderr));
+    let out = root.path().join("png");
+    std::fs::create_dir_all(&out)?;
+    // An export across the pause shows, in every frame of the restarted camera's file, the
+    // frame the events put at that meeting time (clip time + from).
+    let clip = out.join("clip.mp4");
+    let export = run(&[
+        "export",
+        &s(&meeting),
+        "--from",
+        "9",
+        "--to",
+        "13",
+        "--track",
+        "Alice_Example_camera",
+        "-o",
+        &s(&clip),
+    ])?;
+    ensure!(export.status.success(), "export failed: {}", String::from_utf8_lossy(&export.stderr));
+    let alice_2 = stamps_of(&bbb.alice_2)?;
+    let mut checked = 0;
+    for frame in tandem_fixtures::decode::decode_video_frames(&clip)? {
+        let at = 9000 + frame.pts.mseconds() as i64;
+        if !(meeting_of(11_000) as i64..13_000).contains(&at) {
+            continue;
+        }
+        // Back to the event clock: before the pause (kept from 1000) or after it (from 18000).
+        let event = if at < meeting_of(13_000) as i64 {
+            at + KEPT[0].0
+        } else {
+            at - meeting_of(13_000) as i64 + KEPT[1].0
+        };
+        let want = stamp_at(&alice_2, (event - 11_000) as u64).context("no frame")?;
+        let got = tandem_fixtures::stamp::read_stamp(&frame.luma, frame.width, frame.width, frame.height)
+            .with_context(|| format!("clip frame at {at} ms without a stamp"))?;
+        ensure!(
+            got.abs_diff(want) <= 40,
+            "the clip at meeting {at} ms shows {got}, the events put {want} there"
+        );
+        checked += 1;
+    }
+    ensure!(checked >= 50, "only {checked} clip frames of the restarted camera");
+    Ok(())
+}
+
 #[test]
 fn a_bigbluebutton_events_file_cut_short_is_refused_with_its_line() -> Result<()> {
     let root = tempfile::tempdir()?;
