@@ -33,11 +33,11 @@ pub mod strangers;
 
 pub use client::{Client, PeerAddr, RemoteTrack};
 pub use folder::FolderProvider;
-#[cfg(feature = "s3")]
-pub use s3::{S3Config, S3Error, S3Location, S3Provider};
 pub use iroh::endpoint::ConnectionType;
 pub use protocol::{
     ErrorCode, NetError, ReadWindow, StreamInfo, TrackEntry, ALPN, STREAM_GET, STREAM_READ_RANGE,
 };
 pub use reach::{Discovery, Reach, Relays};
+#[cfg(feature = "s3")]
+pub use s3::{S3Config, S3Error, S3Location, S3Provider};
 pub use server::{Server, ServerHandle};

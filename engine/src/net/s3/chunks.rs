@@ -261,8 +261,10 @@ mod tests {
                 .boxed()
             }
         };
-        let (a, b) =
-            tokio::join!(cache.get(key(1), failing(calls.clone())), cache.get(key(1), failing(calls.clone())));
+        let (a, b) = tokio::join!(
+            cache.get(key(1), failing(calls.clone())),
+            cache.get(key(1), failing(calls.clone()))
+        );
         assert!(a.0.is_err() && b.0.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let (data, got) = cache.get(key(1), fetcher(&calls, 1, 10, Duration::ZERO)).await;

@@ -51,6 +51,9 @@ pub enum S3Error {
     /// `meeting.json` is there but unusable.
     #[error("{object}: {message}")]
     Manifest { object: String, message: String },
+    /// No `meeting.json` under the meeting's folder.
+    #[error("{location}: no meeting {meeting:?}")]
+    UnknownMeeting { location: String, meeting: String },
     #[error("meeting {meeting:?} has no track {track:?}")]
     UnknownTrack { meeting: String, track: String },
     /// A read past an object's end (the server checks reads against the sizes it announced,
@@ -83,6 +86,9 @@ impl S3Error {
             S3Error::BadName { meeting } => {
                 NetError::status(ErrorCode::BadRequest, format!("invalid stream name {meeting:?}"))
             }
+            S3Error::UnknownMeeting { meeting, .. } => {
+                NetError::status(ErrorCode::UnknownStream, format!("no stream {meeting:?}"))
+            }
             S3Error::UnknownTrack { meeting, track } => {
                 NetError::status(ErrorCode::UnknownTrack, format!("no track {track:?} in {meeting:?}"))
             }
@@ -98,9 +104,10 @@ impl S3Error {
                 ErrorCode::Internal,
                 format!("{what}: the server's object store did not answer within {after:?}"),
             ),
-            S3Error::Manifest { .. } => {
-                NetError::status(ErrorCode::Internal, format!("{what}: the server's meeting.json is unusable"))
-            }
+            S3Error::Manifest { .. } => NetError::status(
+                ErrorCode::Internal,
+                format!("{what}: the server's meeting.json is unusable"),
+            ),
             S3Error::BadFile { track, .. } => NetError::status(
                 ErrorCode::Internal,
                 format!("track {track:?} of {meeting:?}: its file is not inside the meeting"),

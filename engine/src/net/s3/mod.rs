@@ -201,7 +201,11 @@ impl S3Config {
         self.endpoint = Some(url.into());
         self
     }
-    pub fn credentials(mut self, access_key_id: impl Into<String>, secret_access_key: impl Into<String>) -> Self {
+    pub fn credentials(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret_access_key: impl Into<String>,
+    ) -> Self {
         self.access_key_id = Some(access_key_id.into());
         self.secret_access_key = Some(secret_access_key.into());
         self
@@ -458,8 +462,11 @@ impl S3Provider {
 
     /// Exactly `len` bytes at `start` of a track's object.
     pub async fn read(&self, meeting: &str, track: &str, start: u64, len: u64) -> Result<Bytes, S3Error> {
-        let resolved = self.meeting(meeting).await?;
-        let object = resolved.as_ref().and_then(|m| m.objects.get(track)).ok_or_else(|| S3Error::UnknownTrack {
+        let resolved = self.meeting(meeting).await?.ok_or_else(|| S3Error::UnknownMeeting {
+            location: self.inner.location.to_string(),
+            meeting: meeting.to_string(),
+        })?;
+        let object = resolved.objects.get(track).ok_or_else(|| S3Error::UnknownTrack {
             meeting: meeting.to_string(),
             track: track.to_string(),
         })?;
@@ -533,7 +540,8 @@ impl S3Provider {
         let key = ChunkKey { object: object.object.clone(), version: object.version.clone(), index };
         let inner = self.inner.clone();
         let path = object.key.clone();
-        let (result, got) = self.inner.chunks.get(key, move || async move { inner.get_range(&path, range).await }).await;
+        let (result, got) =
+            self.inner.chunks.get(key, move || async move { inner.get_range(&path, range).await }).await;
         let counter = match got {
             Got::Hit => &self.inner.counters.chunk_hits,
             Got::Joined => &self.inner.counters.chunk_joins,
@@ -597,27 +605,38 @@ impl Inner {
         self.prefix.clone().join(meeting)
     }
 
-    /// `work` bounded by the deadline, retries included.
+    /// `work` bounded by the deadline, retries included. A failure that is a timeout (the
+    /// deadline, or object_store's own per-attempt and retry timeouts) is an
+    /// [`S3Error::Timeout`]; other failures are left to the caller.
     async fn deadline<T>(
         &self,
         key: &Path,
         range: Option<&Range<u64>>,
         work: impl std::future::Future<Output = object_store::Result<T>>,
     ) -> Result<object_store::Result<T>, S3Error> {
-        tokio::time::timeout(self.deadline, work).await.map_err(|_| S3Error::Timeout {
+        let started = Instant::now();
+        let timeout = |after: Duration| S3Error::Timeout {
             object: self.location.object(key),
             endpoint: self.endpoint.clone(),
             range: range.map(|r| ByteRange { start: r.start, end: r.end }),
-            after: self.deadline,
-        })
+            after,
+        };
+        match tokio::time::timeout(self.deadline, work).await {
+            Err(_) => Err(timeout(self.deadline)),
+            Ok(Err(e)) if timed_out(&e) => Err(timeout(started.elapsed())),
+            Ok(result) => Ok(result),
+        }
     }
 
     /// An object_store error as ours: a missing bucket named as such, a missing object as
     /// `NotFound` (the callers decide what that means).
     fn store_error(&self, key: &Path, range: Option<&Range<u64>>, e: object_store::Error) -> S3Error {
         let message = e.to_string();
-        if message.contains("NoSuchBucket") {
-            return S3Error::NoSuchBucket { bucket: self.location.bucket.clone(), endpoint: self.endpoint.clone() };
+        if no_such_bucket(&e) {
+            return S3Error::NoSuchBucket {
+                bucket: self.location.bucket.clone(),
+                endpoint: self.endpoint.clone(),
+            };
         }
         S3Error::Store {
             object: self.location.object(key),
@@ -667,17 +686,13 @@ impl Inner {
                     message: format!("larger than {MAX_MANIFEST_BYTES} bytes"),
                 })
             }
-            Err(object_store::Error::NotFound { source, .. })
-                if !source.to_string().contains("NoSuchBucket") =>
-            {
-                return Ok(None)
-            }
+            Err(e @ object_store::Error::NotFound { .. }) if !no_such_bucket(&e) => return Ok(None),
             Err(e) => return Err(self.store_error(&key, None, e)),
         };
         let text = std::str::from_utf8(&text)
             .map_err(|e| S3Error::Manifest { object: object.clone(), message: format!("not UTF-8: {e}") })?;
-        let manifest =
-            Manifest::from_json(text).map_err(|e| S3Error::Manifest { object: object.clone(), message: e.to_string() })?;
+        let manifest = Manifest::from_json(text)
+            .map_err(|e| S3Error::Manifest { object: object.clone(), message: e.to_string() })?;
         let mut keys = Vec::with_capacity(manifest.tracks.len());
         for track in &manifest.tracks {
             let file = track.file();
@@ -723,7 +738,11 @@ impl Inner {
                 segments: track
                     .segments
                     .iter()
-                    .map(|s| SegmentInfo { start_ms: s.start_ms, media_start_ms: s.media_start_ms, end_ms: s.end_ms })
+                    .map(|s| SegmentInfo {
+                        start_ms: s.start_ms,
+                        media_start_ms: s.media_start_ms,
+                        end_ms: s.end_ms,
+                    })
                     .collect(),
                 gap_policy: track.gap_policy,
             });
@@ -746,6 +765,32 @@ impl Inner {
         };
         Ok(Some(Arc::new(Meeting { info, objects })))
     }
+}
+
+/// Whether an HTTP attempt of `e` timed out (reqwest's and hyper's messages, in its chain).
+fn timed_out(e: &object_store::Error) -> bool {
+    let mut current: Option<&dyn std::error::Error> = Some(e);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if text.contains("timed out") || text.contains("deadline has elapsed") {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
+/// Whether the store said the bucket does not exist: S3's `NoSuchBucket` code, somewhere in
+/// the error's chain (object_store keeps the response body in a source).
+fn no_such_bucket(e: &object_store::Error) -> bool {
+    let mut current: Option<&dyn std::error::Error> = Some(e);
+    while let Some(error) = current {
+        if error.to_string().contains("NoSuchBucket") {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -798,6 +843,8 @@ mod tests {
         let err = provider.read("m", "t", 49_999, 2).await.expect_err("past the end");
         assert!(err.to_string().contains("s3://b/p/m/v.bin: bytes 49999-50000"), "{err}");
         assert!(matches!(provider.read("m", "x", 0, 1).await, Err(S3Error::UnknownTrack { .. })));
+        let err = provider.read("nope", "t", 0, 1).await.expect_err("no meeting");
+        assert_eq!(err.to_string(), "s3://b/p: no meeting \"nope\"");
         assert_eq!(provider.stream_info("nope").await.expect("absent"), None);
         assert!(matches!(provider.stream_info("..").await, Err(S3Error::BadName { .. })));
         assert_eq!(provider.stats().manifest_gets, 2, "the meeting was resolved more than once");
