@@ -100,7 +100,7 @@ async fn every_track_through_a_peer_on_the_bucket_equals_the_local_file_byte_for
     let chunks: u64 = tracks().iter().map(|(_, f)| (local(f).len() as u64).div_ceil(CHUNK)).sum();
     assert_eq!(gets.len() as u64, chunks, "distinct chunk GETs: {gets:?}");
     assert!(gets.values().all(|&n| n == 1), "a chunk was fetched twice: {gets:?}");
-    for ((path, range), _) in &gets {
+    for (path, range) in gets.keys() {
         let start: u64 = range
             .trim_start_matches("bytes=")
             .split('-')
