@@ -1,4 +1,4 @@
-//! `meeting-replay`: serve a folder of meetings, inspect their indexes, fetch from a peer, and
+//! `meeting-replay`: serve a folder (or a bucket) of meetings, inspect their indexes, fetch from a peer, and
 //! play a meeting. Thin: every command is a few calls into the `tandem` crate.
 
 use std::path::PathBuf;
@@ -50,7 +50,7 @@ enum Command {
         #[command(flatten)]
         dial: peer::DialArgs,
     },
-    /// Serve a folder of meetings to peers.
+    /// Serve a folder of meetings, or s3://BUCKET[/PREFIX], to peers.
     Serve(peer::ServeArgs),
     /// Print a remote stream's tracks: <id52>/<meeting>.
     Info(peer::InfoArgs),

@@ -1,6 +1,8 @@
 //! `serve`, `info` and `fetch`: the peer link from the command line.
 //!
-//! - `serve <root>` serves every meeting folder under `<root>` until Ctrl-C. Its identity
+//! - `serve <root>` serves every meeting folder under `<root>` until Ctrl-C; `serve
+//!   s3://BUCKET[/PREFIX]` serves the meetings in a bucket (configured from the standard
+//!   `AWS_*` environment; `tandem::net::s3`). Its identity
 //!   lives in a key file (default `$XDG_CONFIG_HOME/tandem/server.key`, else
 //!   `~/.config/tandem/server.key`; created mode 0600 on first run), so the ID52 it prints
 //!   stays the same across restarts.
@@ -15,11 +17,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use tandem::net::{identity, reach, Client, Discovery, FolderProvider, PeerAddr, Reach, Relays, RemoteTrack};
+use tandem::net::server::{Loader, Resolver, ServerBuilder};
+use tandem::net::{
+    identity, reach, Client, Discovery, FolderProvider, PeerAddr, Reach, Relays, RemoteTrack, S3Config,
+    S3Location, S3Provider,
+};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// A folder of meetings (sub-folders with meeting.json).
+    /// A folder of meetings (sub-folders with meeting.json), or s3://BUCKET[/PREFIX]: the
+    /// meetings are then <PREFIX>/<meeting>/meeting.json and their files in the bucket, read
+    /// with the standard AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION and AWS_ALLOW_HTTP (true for a plain http:// endpoint).
     pub root: PathBuf,
     /// Key file holding the server identity [default: ~/.config/tandem/server.key].
     #[arg(long)]
@@ -146,40 +155,63 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let key_file = args.key.clone().unwrap_or_else(default_key_file);
         let key = identity::load_or_create_key(&key_file)?;
-        let provider = FolderProvider::new(&args.root)?;
-        let base = if args.no_relay { Reach::direct() } else { Reach::n0() };
-        let reach = args.reach.reach(base)?;
-        let mut builder = provider.server_builder().secret_key(key).bind(args.bind).reach(reach);
-        if !args.allow.is_empty() {
-            builder = builder.allow(args.allow.clone());
+        let root = args.root.to_string_lossy().into_owned();
+        if root.starts_with("s3://") {
+            let location = S3Location::parse(&root)?;
+            let provider = S3Provider::new(S3Config::from_env(location))?;
+            // The bucket answers before anyone is told to connect: a wrong name, endpoint or
+            // key fails here, within the provider's deadline.
+            let names = provider.meetings().await.with_context(|| format!("serving {root}"))?;
+            let what = format!("{root} (at {})", provider.endpoint());
+            run_server(provider.server_builder().secret_key(key), &args, &key_file, &what, names).await
+        } else {
+            let provider = FolderProvider::new(&args.root)?;
+            let names = meetings(provider.root());
+            let what = provider.root().display().to_string();
+            run_server(provider.server_builder().secret_key(key), &args, &key_file, &what, names).await
         }
-        let server = builder.spawn().await?;
-        let addrs = server.direct_addrs();
-        println!("serving {} as {}", provider.root().display(), server.id52());
-        println!("key file: {}", key_file.display());
-        for addr in &addrs {
-            println!("listening on {addr}");
-        }
-        if !args.allow.is_empty() {
-            println!("allowed clients: {}", args.allow.join(", "));
-        }
-        let names = meetings(provider.root());
-        let example = names.first().cloned().unwrap_or_else(|| "<meeting>".into());
-        let addr = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
-        println!("meetings: {}", if names.is_empty() { "(none yet)".to_string() } else { names.join(", ") });
-        println!("on the other side:");
-        if let Some(addr) = addr {
-            println!("  meeting-replay play {}/{example} --addr {addr}", server.id52());
-            println!("  meeting-replay info {}/{example} --addr {addr}", server.id52());
-        }
-        if !args.no_relay {
-            println!("  meeting-replay play {}/{example}{}", server.id52(), args.reach.flags());
-        }
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-        eprintln!("shutting down");
-        server.shutdown().await;
-        Ok(())
     })
+}
+
+/// Starts `builder` (with its identity) as `args` say, prints who it is and how to reach it, serves until Ctrl-C.
+async fn run_server<R: Resolver, L: Loader>(
+    builder: ServerBuilder<R, L>,
+    args: &ServeArgs,
+    key_file: &Path,
+    what: &str,
+    names: Vec<String>,
+) -> Result<()> {
+    let base = if args.no_relay { Reach::direct() } else { Reach::n0() };
+    let reach = args.reach.reach(base)?;
+    let mut builder = builder.bind(args.bind).reach(reach);
+    if !args.allow.is_empty() {
+        builder = builder.allow(args.allow.clone());
+    }
+    let server = builder.spawn().await?;
+    let addrs = server.direct_addrs();
+    println!("serving {what} as {}", server.id52());
+    println!("key file: {}", key_file.display());
+    for addr in &addrs {
+        println!("listening on {addr}");
+    }
+    if !args.allow.is_empty() {
+        println!("allowed clients: {}", args.allow.join(", "));
+    }
+    let example = names.first().cloned().unwrap_or_else(|| "<meeting>".into());
+    let addr = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+    println!("meetings: {}", if names.is_empty() { "(none yet)".to_string() } else { names.join(", ") });
+    println!("on the other side:");
+    if let Some(addr) = addr {
+        println!("  meeting-replay play {}/{example} --addr {addr}", server.id52());
+        println!("  meeting-replay info {}/{example} --addr {addr}", server.id52());
+    }
+    if !args.no_relay {
+        println!("  meeting-replay play {}/{example}{}", server.id52(), args.reach.flags());
+    }
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("shutting down");
+    server.shutdown().await;
+    Ok(())
 }
 
 /// Splits `<id52>/<meeting>[/<track>]`.

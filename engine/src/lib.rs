@@ -16,7 +16,8 @@
 //!   `stream.read_range`) over iroh/QUIC with fastn ID52 identities; `net::protocol` is the wire
 //!   spec: names, kinds, sizes and timeline placement, never a codec. Without the feature the
 //!   crate is the parsers alone
-//!   (what the fuzz targets build).
+//!   (what the fuzz targets build). With the feature `s3` (off by default: it brings an HTTP
+//!   client), `net::s3` serves meetings from an S3 bucket.
 //! - `stream` (cargo feature `stream`, implied by `net` and `player`): the stream layer any
 //!   app can embed, free of GStreamer: a meeting's tracks subscribed as handles, each a
 //!   buffered stream of coded packets on the meeting timeline (bounded in time and bytes,

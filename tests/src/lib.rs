@@ -1,6 +1,8 @@
 //! Shared helpers for the workspace integration tests: ffprobe as the oracle for our indexes,
 //! ffmpeg to make files from muxers we did not write, and paths to the committed fixtures.
 //!
+//! `s3` runs a real S3 server (s3s-fs) in-process and counts the requests it receives.
+//!
 //! `link` makes shaped network links (two namespaces, delay, rate, loss) for the tests and
 //! benchmarks that measure tandem over a far peer.
 //!
@@ -10,6 +12,7 @@
 pub mod internet;
 pub mod link;
 pub mod player;
+pub mod s3;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
