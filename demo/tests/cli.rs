@@ -1,7 +1,8 @@
 //! `meeting-replay snapshot` and `play` as a person runs them: the PNG's stamp is read back
 //! from its pixels and compared with GStreamer's own decode of the same file.
 
-use std::path::Path;
+mod common;
+
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
@@ -11,21 +12,6 @@ use tandem_tests::player::video_oracle;
 
 fn meeting_replay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meeting-replay"))
-}
-
-/// The stamp in a PNG written by `snapshot` (luma from RGB, BT.601).
-fn png_stamp(path: &Path) -> Result<(u32, u32, Option<u32>)> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
-    let mut reader = decoder.read_info()?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf)?;
-    ensure!(info.color_type == png::ColorType::Rgb, "not RGB: {:?}", info.color_type);
-    let (w, h) = (info.width as usize, info.height as usize);
-    let luma: Vec<u8> = buf[..w * h * 3]
-        .chunks_exact(3)
-        .map(|p| (0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32 + 16.0) as u8)
-        .collect();
-    Ok((info.width, info.height, tandem_fixtures::stamp::read_stamp(&luma, w, w, h)))
 }
 
 #[test]
@@ -45,7 +31,7 @@ fn snapshot_writes_the_frame_on_screen_at_the_time_at_the_tracks_size() -> Resul
             .status()
             .context("running meeting-replay")?;
         ensure!(status.success(), "snapshot of {track} failed: {status}");
-        let (w, h, stamp) = png_stamp(&png)?;
+        let (w, h, stamp) = common::png_stamp(&png)?;
         ensure!((w, h) == size, "{track}: {w}x{h}, expected {size:?}");
         let expected = oracle[track].on_screen_at(MediaTime::from_millis(at_ms));
         ensure!(stamp == expected, "{track} at {at_ms} ms: stamp {stamp:?}, expected {expected:?}");

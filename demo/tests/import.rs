@@ -5,6 +5,8 @@
 //! `snapshot`; what a snapshot shows is compared with GStreamer's own decode of the source
 //! file at the media time the events (or the egress start times) put at that meeting time.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -28,19 +30,9 @@ fn s(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The stamp in a PNG written by `snapshot` (luma from RGB, BT.601).
+/// The stamp in a PNG written by `snapshot`.
 fn png_stamp(path: &Path) -> Result<Option<u32>> {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
-    let mut reader = decoder.read_info()?;
-    let mut buf = vec![0; reader.output_buffer_size()];
-    let info = reader.next_frame(&mut buf)?;
-    ensure!(info.color_type == png::ColorType::Rgb, "not RGB: {:?}", info.color_type);
-    let (w, h) = (info.width as usize, info.height as usize);
-    let luma: Vec<u8> = buf[..w * h * 3]
-        .chunks_exact(3)
-        .map(|p| (0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32 + 16.0) as u8)
-        .collect();
-    Ok(tandem_fixtures::stamp::read_stamp(&luma, w, w, h))
+    Ok(common::png_stamp(path)?.2)
 }
 
 /// Every frame of a file as GStreamer decodes it: (media ms, stamp).

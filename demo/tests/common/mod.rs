@@ -102,6 +102,18 @@ pub fn stamp_at(luma: impl Fn(usize, usize) -> u8, x: usize, y: usize, block: us
     tandem_fixtures::stamp::read_stamp_at(|x, y| Some(luma(x, y)), x, y, block).filter(|&v| v > 0)
 }
 
+/// The width, height and stamp of a PNG written by `snapshot` (luma from RGB, BT.601).
+pub fn png_stamp(path: &Path) -> Result<(u32, u32, Option<u32>)> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf)?;
+    ensure!(info.color_type == png::ColorType::Rgb, "not RGB: {:?}", info.color_type);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let luma: Vec<u8> = buf[..w * h * 3].chunks_exact(3).map(|p| luma_of([p[0], p[1], p[2]])).collect();
+    Ok((info.width, info.height, tandem_fixtures::stamp::read_stamp(&luma, w, w, h)))
+}
+
 /// BT.601 luma of an RGB pixel.
 pub fn luma_of(p: [u8; 3]) -> u8 {
     (0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32 + 16.0) as u8

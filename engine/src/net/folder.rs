@@ -19,7 +19,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::protocol::{ErrorCode, NetError, ReadWindow, SegmentInfo, StreamInfo, TrackEntry};
+use super::protocol::{ErrorCode, NetError, ReadWindow, StreamInfo, TrackEntry};
 use super::server::{Loader, Resolver, Server, ServerBuilder};
 use crate::manifest::{is_safe_name, Manifest, ManifestTrack};
 use crate::source::{FileSource, RangeSource, SourceError};
@@ -193,24 +193,7 @@ impl FolderProvider {
                     .len();
                 sizes.push(size);
             }
-            tracks.push(TrackEntry {
-                name: track.name.clone(),
-                kind: track.kind,
-                role: track.role.clone(),
-                participant: track.participant.clone(),
-                sizes,
-                segments: track
-                    .segments
-                    .iter()
-                    .map(|s| SegmentInfo {
-                        file: track.file_number(s),
-                        start_ms: s.start_ms,
-                        media_start_ms: s.media_start_ms,
-                        end_ms: s.end_ms,
-                    })
-                    .collect(),
-                gap_policy: track.gap_policy,
-            });
+            tracks.push(TrackEntry::from_manifest(track, sizes));
         }
         Ok(Some(StreamInfo {
             name: stream.to_string(),

@@ -72,7 +72,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::manifest::{GapPolicy, Role, TrackKind};
+use crate::manifest::{GapPolicy, ManifestTrack, Role, TrackKind};
 
 /// The ALPN of this protocol; the version is part of it.
 pub const ALPN: &[u8] = b"tandem/stream/1";
@@ -351,6 +351,29 @@ pub struct TrackEntry {
 }
 
 impl TrackEntry {
+    /// What a provider tells clients of a manifest's track whose files (numbered as
+    /// [`ManifestTrack::files`] lists them) have these sizes.
+    pub fn from_manifest(track: &ManifestTrack, sizes: Vec<u64>) -> TrackEntry {
+        TrackEntry {
+            name: track.name.clone(),
+            kind: track.kind,
+            role: track.role.clone(),
+            participant: track.participant.clone(),
+            sizes,
+            segments: track
+                .segments
+                .iter()
+                .map(|s| SegmentInfo {
+                    file: track.file_number(s),
+                    start_ms: s.start_ms,
+                    media_start_ms: s.media_start_ms,
+                    end_ms: s.end_ms,
+                })
+                .collect(),
+            gap_policy: track.gap_policy,
+        }
+    }
+
     /// The size of file `file` of the track; `None` when it has no such file.
     pub fn size(&self, file: u32) -> Option<u64> {
         self.sizes.get(usize::try_from(file).ok()?).copied()

@@ -57,7 +57,7 @@ use tokio::time::Instant;
 pub use error::{ByteRange, S3Error};
 
 use self::chunks::{ChunkCache, ChunkKey, Got};
-use super::protocol::{NetError, ReadWindow, SegmentInfo, StreamInfo, TrackEntry};
+use super::protocol::{NetError, ReadWindow, StreamInfo, TrackEntry};
 use super::server::{Loader, Resolver, Server, ServerBuilder};
 use crate::manifest::{is_safe_name, Manifest};
 
@@ -757,26 +757,9 @@ impl Inner {
         let tracks = manifest
             .tracks
             .iter()
-            .map(|track| TrackEntry {
-                name: track.name.clone(),
-                kind: track.kind,
-                role: track.role.clone(),
-                participant: track.participant.clone(),
-                sizes: objects
-                    .get(&track.name)
-                    .map(|files| files.iter().map(|o| o.size).collect())
-                    .unwrap_or_default(),
-                segments: track
-                    .segments
-                    .iter()
-                    .map(|s| SegmentInfo {
-                        file: track.file_number(s),
-                        start_ms: s.start_ms,
-                        media_start_ms: s.media_start_ms,
-                        end_ms: s.end_ms,
-                    })
-                    .collect(),
-                gap_policy: track.gap_policy,
+            .map(|track| {
+                let sizes = objects.get(&track.name).map(|files| files.iter().map(|o| o.size).collect());
+                TrackEntry::from_manifest(track, sizes.unwrap_or_default())
             })
             .collect();
         let info = StreamInfo {
