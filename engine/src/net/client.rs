@@ -637,7 +637,7 @@ impl RangeSource for RemoteTrack {
         match futures::executor::block_on(task) {
             Ok(Ok(data)) => Ok(data),
             Ok(Err(e)) => Err(SourceError::Remote { start, len, message: e.to_string() }),
-            Err(e) => Err(SourceError::Remote { start, len, message: format!("request task failed: {e}") }),
+            Err(e) => Err(SourceError::Remote { start, len, message: task_failed(&e) }),
         }
     }
 
@@ -662,13 +662,23 @@ impl RangeSource for RemoteTrack {
                 Err(SourceError::Remote { start, len, message: e.to_string() })
             }
             futures::future::Either::Left((Err(e), _)) => {
-                Err(SourceError::Remote { start, len, message: format!("request task failed: {e}") })
+                Err(SourceError::Remote { start, len, message: task_failed(&e) })
             }
             futures::future::Either::Right(_) => {
                 abort.abort();
                 Err(SourceError::Cancelled { start, len })
             }
         }
+    }
+}
+
+/// Why a read's task ended without an answer, in words: a task nobody aborted is cancelled
+/// only when the client's runtime shuts down under a reader.
+fn task_failed(e: &tokio::task::JoinError) -> String {
+    if e.is_cancelled() {
+        "the client's runtime shut down during the read (drop readers before the runtime)".into()
+    } else {
+        format!("the read's task failed: {e}")
     }
 }
 

@@ -189,6 +189,9 @@ enum Runtime {
         branch: Branch,
         gate: Arc<Gate>,
         stats: Arc<TrackStats>,
+        /// Joined when the track stops, so its reads end before the caller goes on (a
+        /// peer's runtime may be dropped right after the player).
+        feeder: JoinHandle<()>,
     },
     Captions {
         desc: TrackDesc,
@@ -197,6 +200,17 @@ enum Runtime {
 }
 
 impl Runtime {
+    /// Stops a media track: its feeder and its reads end before this returns. True for media.
+    fn stop(self, pipeline: &gst::Pipeline) -> bool {
+        let Runtime::Media { gate, branch, feeder, .. } = self else { return false };
+        gate.close();
+        branch.detach(pipeline);
+        // The feeder sees the closed gate within a poll; its handle is the subscription's
+        // last but ours, and dropping that joins the fetch worker.
+        let _ = feeder.join();
+        true
+    }
+
     fn desc(&self) -> &TrackDesc {
         match self {
             Runtime::Media { desc, .. } | Runtime::Captions { desc, .. } => desc,
@@ -499,10 +513,7 @@ impl Drop for Player {
         self.inner.stop.store(true, Ordering::Relaxed);
         let _ = self.inner.pipeline.set_state(gst::State::Null);
         for runtime in lock(&self.inner.tracks).drain(..) {
-            if let Runtime::Media { gate, branch, .. } = runtime {
-                gate.close();
-                branch.detach(&self.inner.pipeline);
-            }
+            runtime.stop(&self.inner.pipeline);
         }
         for thread in lock(&self.inner.threads).drain(..) {
             let _ = thread.join();
@@ -757,24 +768,31 @@ impl Inner {
             decoder,
             events: self.events.clone(),
         };
-        if let Err(e) = feeder.spawn() {
-            gate.close();
-            branch.detach(&self.pipeline);
-            return Err(gst_err(format!("starting the feeder thread: {e}")));
-        }
-        if joining {
-            if let Err(e) = self.join_branch(&branch) {
+        let feeder = match feeder.spawn() {
+            Ok(feeder) => feeder,
+            Err(e) => {
                 gate.close();
                 branch.detach(&self.pipeline);
-                return Err(e);
+                return Err(gst_err(format!("starting the feeder thread: {e}")));
             }
+        };
+        let started = if joining {
+            self.join_branch(&branch)
         } else if self.pipeline.current_state() >= gst::State::Paused {
-            branch.sync_state()?;
+            branch.sync_state()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = started {
+            gate.close();
+            branch.detach(&self.pipeline);
+            let _ = feeder.join();
+            return Err(e);
         }
         if let (Some(window), TrackKind::Video) = (&self.window, desc.kind) {
             window.set_subscribed(&desc.name, true);
         }
-        lock(&self.tracks).push(Runtime::Media { desc, subscription, branch, gate, stats });
+        lock(&self.tracks).push(Runtime::Media { desc, subscription, branch, gate, stats, feeder });
         Ok(())
     }
 
@@ -820,12 +838,11 @@ impl Inner {
             let Some(i) = tracks.iter().position(|r| &*r.desc().name == name) else { return false };
             tracks.remove(i)
         };
-        if let Runtime::Media { gate, branch, desc, .. } = runtime {
-            gate.close();
-            branch.detach(&self.pipeline);
-            self.seeks.forget(&desc.name);
+        let name = runtime.desc().name.clone();
+        if runtime.stop(&self.pipeline) {
+            self.seeks.forget(&name);
             if let Some(window) = &self.window {
-                window.set_subscribed(&desc.name, false);
+                window.set_subscribed(&name, false);
             }
         }
         true
