@@ -23,6 +23,8 @@
 //!
 //! `cargo bench -p tandem-benches --bench link` (`TANDEM_BENCH_SEEKS`, default 20 per mode;
 //! `TANDEM_BENCH_PLAY_SECS`; `TANDEM_BENCH_MINUTES`, the long meeting, at least the play;
+//! `TANDEM_BENCH_PLAY_ONLY=1`, only our play on each link; `TANDEM_BENCH_VERBOSE`, each stall
+//! and the player's events;
 //! `TANDEM_BENCH_LINKS=far,lossy`, only those links; `RUST_LOG`, tracing on stderr). With
 //! `TANDEM_BENCH_SMOKE=1`: the fixture only, 5 s of play per link; one open and one seek per
 //! mode with GStreamer beside on the unshaped and far links; on the slow ones only ours playing.
@@ -170,7 +172,7 @@ impl Heard {
 /// buffer heard on (the wait before it is the open's figure): its playing time over the wall
 /// time, and the gaps longer than [`STALL_GAP`] (one more when it stops before the end).
 fn heard(log: &Mutex<Vec<Rendered>>, started: Instant, play: Duration) -> Heard {
-    std::thread::sleep(play);
+    std::thread::sleep((started + play).saturating_duration_since(Instant::now()));
     let end = Instant::now();
     let log = log.lock().unwrap_or_else(|e| e.into_inner());
     let played: Vec<&Rendered> = log.iter().filter(|r| !r.video && !r.preroll && r.at >= started).collect();
@@ -186,6 +188,15 @@ fn heard(log: &Mutex<Vec<Rendered>>, started: Instant, play: Duration) -> Heard 
         audio += len;
         if r.at.duration_since(last) > STALL_GAP + len {
             stalls += 1;
+            if verbose() {
+                eprintln!(
+                    "stall: {:?} without audio before {:?} (audio pts {:?}), {:.1} s into the play",
+                    r.at.duration_since(last),
+                    r.at.duration_since(first.at),
+                    r.pts,
+                    r.at.duration_since(started).as_secs_f64()
+                );
+            }
         }
         last = r.at;
     }
@@ -193,6 +204,10 @@ fn heard(log: &Mutex<Vec<Rendered>>, started: Instant, play: Duration) -> Heard 
         stalls += 1;
     }
     Heard { wall: end.duration_since(first.at), audio, stalls }
+}
+
+fn verbose() -> bool {
+    std::env::var_os("TANDEM_BENCH_VERBOSE").is_some()
 }
 
 fn play_ours(dialer: &Dialer, served: &Served, play: Duration) -> Result<(Heard, usize)> {
@@ -205,9 +220,16 @@ fn play_ours(dialer: &Dialer, served: &Served, play: Duration) -> Result<(Heard,
     let events = player.events();
     let started = Instant::now();
     player.play()?;
+    let mut buffering = 0;
+    while let Some(left) = (started + play).checked_duration_since(Instant::now()) {
+        let Ok(event) = events.recv_timeout(left) else { continue };
+        let shown = !matches!(event, tandem::player::PlayerEvent::Buffer { .. });
+        if verbose() && shown {
+            eprintln!("{:.1} s into the play: {event:?}", started.elapsed().as_secs_f64());
+        }
+        buffering += usize::from(matches!(event, tandem::player::PlayerEvent::Buffering { .. }));
+    }
     let heard = heard(&log, started, play);
-    let buffering =
-        events.try_iter().filter(|e| matches!(e, tandem::player::PlayerEvent::Buffering { .. })).count();
     drop(player);
     dialer.runtime.block_on(client.close());
     Ok((heard, buffering))
@@ -552,6 +574,8 @@ fn main() -> Result<()> {
         |name: &str, default: u64| std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default);
     let play_secs = env("TANDEM_BENCH_PLAY_SECS", 600);
     let seeks = env("TANDEM_BENCH_SEEKS", 20) as usize;
+    // Only our play on each link: no opens, seeks or baselines (to study a stall quickly).
+    let play_only = env("TANDEM_BENCH_PLAY_ONLY", 0) != 0;
     let bitrate = meeting_bitrate(&fixture_dir)?;
     let secs = Duration::from_secs;
     // `TANDEM_BENCH_LINKS=far,lossy` measures only those links.
@@ -578,6 +602,9 @@ fn main() -> Result<()> {
                 // Capped below at the meeting's end less 5 s (55 s for the fixture).
                 let play = if name == "far" || name == "lossy" { secs(play_secs) } else { secs(60) };
                 let long_play = name == "far" || name == "lossy";
+                if play_only {
+                    return LinkCase { name, shape, opens: 0, seeks: 0, baseline: false, play, long_play };
+                }
                 LinkCase { name, shape, opens: 3, seeks, baseline: true, play, long_play }
             }
         })

@@ -3,14 +3,16 @@
 //! as they arrive (its late frames are not fetched, see `Subscription::set_catch_up`), then
 //! rejoins by itself once it keeps a lead again.
 //!
-//! A track is degraded after playback has waited on it for [`DEGRADE_AFTER`] while every
-//! audio track was ready: a short wait stays a wait (a seek, a moment of loss). Once the link
-//! has shown it is short (a track is degraded), another video track about to run dry gives
-//! way before it stalls anything. A degraded track recovers
+//! A video track gives way before it stalls the clock when its lead has fallen through
+//! [`FALLING_FOR`] of steady play and is about to run out: it is fetched slower than it plays,
+//! so the link is short. Otherwise it is degraded after playback has waited on it for
+//! [`DEGRADE_AFTER`] while every audio track was ready: a short wait stays a wait (a seek, a
+//! moment of loss). Once the link has shown it is short (a track is degraded), another video
+//! track about to run dry gives way at once. A degraded track recovers
 //! after keeping [`RECOVER_LEAD`] for a while, a while that doubles each time it has to be
 //! degraded again, so a link just short of the bitrate does not stall every few seconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,12 @@ const DEGRADE_AFTER: Duration = Duration::from_millis(1500);
 /// Once one track is degraded, another video track with less than this ahead gives way
 /// before it stalls the clock.
 const SOON_DRY: MediaTime = MediaTime::from_millis(300);
+/// A video track about to run dry whose lead has fallen through this much steady play...
+const FALLING_FOR: Duration = Duration::from_secs(2);
+/// ...by at least this much (it is fetched at 0.9x real time or slower) gives way at once.
+const FALLEN_BY: MediaTime = MediaTime::from_millis(200);
+/// A move of the clock larger than this between two looks is a seek: leads start afresh.
+const JUMP: MediaTime = MediaTime::from_millis(1000);
 /// The lead a degraded track must keep to rejoin...
 const RECOVER_LEAD: MediaTime = MediaTime::from_millis(1500);
 /// ...for this long the first time (doubling each time after, up to [`RECOVER_MOST`]).
@@ -36,6 +44,10 @@ pub(crate) struct Degrader {
     stalled_since: Option<Instant>,
     /// Per track: times degraded, and since when its lead has held (while degraded).
     tracks: HashMap<Arc<str>, (u32, Option<Instant>)>,
+    /// Per video track holding the clock: its leads through the last [`FALLING_FOR`] of
+    /// steady play, oldest first.
+    leads: HashMap<Arc<str>, VecDeque<(Instant, MediaTime)>>,
+    last_position: Option<MediaTime>,
 }
 
 impl Degrader {
@@ -43,7 +55,18 @@ impl Degrader {
         let (playing, buffering, _) = inner.play_state();
         if !playing || !inner.options.realtime {
             self.stalled_since = None;
+            self.leads.clear();
             return;
+        }
+        let jumped =
+            self.last_position.is_none_or(|last| position < last || position.saturating_sub(last) > JUMP);
+        self.last_position = Some(position);
+        if buffering || jumped {
+            self.leads.clear();
+        } else if let Some(track) = self.falling(inner, position) {
+            self.tracks.entry(track.clone()).or_default().0 += 1;
+            inner.set_degraded(&track, true, position);
+            self.leads.remove(&track);
         }
         if !buffering && !inner.degraded_tracks().is_empty() {
             // The link has already shown it cannot carry every track: a video track about to
@@ -89,6 +112,43 @@ impl Degrader {
                 inner.set_degraded(&track, false, position);
             }
         }
+    }
+}
+
+impl Degrader {
+    /// Notes each video track's lead; returns one about to run dry whose lead has fallen
+    /// through [`FALLING_FOR`] of steady play, while the audio is ready.
+    fn falling(&mut self, inner: &Inner, position: MediaTime) -> Option<Arc<str>> {
+        let now = Instant::now();
+        let mut found = None;
+        let descs = inner.subscribed_descs();
+        for (track, stats) in inner.media_stats() {
+            let until = stats.buffered_until();
+            let showing = descs
+                .iter()
+                .any(|d| d.name == track && d.kind == TrackKind::Video && d.timeline.is_active(position));
+            if until == MediaTime::MAX || !showing || inner.is_degraded(&track) {
+                self.leads.remove(&track);
+                continue;
+            }
+            let lead = until.saturating_sub(position);
+            let leads = self.leads.entry(track.clone()).or_default();
+            leads.push_back((now, lead));
+            while leads.len() > 2
+                && leads.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= FALLING_FOR)
+            {
+                leads.pop_front();
+            }
+            let Some(&(then, before)) = leads.front() else { continue };
+            if found.is_none()
+                && now.duration_since(then) >= FALLING_FOR
+                && lead < SOON_DRY
+                && before.saturating_sub(lead) >= FALLEN_BY
+            {
+                found = Some(track);
+            }
+        }
+        found.filter(|_| inner.audio_ready(position))
     }
 }
 

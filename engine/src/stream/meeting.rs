@@ -22,7 +22,10 @@ fn send_priority(kind: TrackKind) -> i32 {
     }
 }
 
-/// One track as the player knows it.
+/// A track of an opened meeting: its manifest entry resolved for playing (its segments
+/// placed on one [`Timeline`], its gap policy chosen). The stream, the player and embedders all
+/// use this one; [`ManifestTrack`](crate::manifest::ManifestTrack) is the entry as
+/// `meeting.json` writes it, and stays on the manifest's side.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackDesc {
     pub name: Arc<str>,
