@@ -23,9 +23,9 @@
 //!
 //! `cargo bench -p tandem-benches --bench link` (`TANDEM_BENCH_SEEKS`, default 20 per mode;
 //! `TANDEM_BENCH_PLAY_SECS`; `TANDEM_BENCH_MINUTES`, the long meeting, at least the play;
-//! `TANDEM_BENCH_PLAY_ONLY=1`, only our play on each link; `TANDEM_BENCH_VERBOSE`, each stall
-//! and the player's events;
-//! `TANDEM_BENCH_LINKS=far,lossy`, only those links; `RUST_LOG`, tracing on stderr). With
+//! `TANDEM_BENCH_LINKS=far,lossy`, only those links; `TANDEM_BENCH_PLAY_ONLY=1`, only our play;
+//! `TANDEM_BENCH_OURS_ONLY=1`, no GStreamer baseline; `TANDEM_BENCH_VERBOSE`, each seek, each
+//! stall and the player's events; `RUST_LOG`, tracing on stderr). With
 //! `TANDEM_BENCH_SMOKE=1`: the fixture only, 5 s of play per link; one open and one seek per
 //! mode with GStreamer beside on the unshaped and far links; on the slow ones only ours playing.
 
@@ -576,6 +576,8 @@ fn main() -> Result<()> {
     let seeks = env("TANDEM_BENCH_SEEKS", 20) as usize;
     // Only our play on each link: no opens, seeks or baselines (to study a stall quickly).
     let play_only = env("TANDEM_BENCH_PLAY_ONLY", 0) != 0;
+    // Ours only: no GStreamer baseline (its opens take a minute each on the short link).
+    let ours_only = env("TANDEM_BENCH_OURS_ONLY", 0) != 0;
     let bitrate = meeting_bitrate(&fixture_dir)?;
     let secs = Duration::from_secs;
     // `TANDEM_BENCH_LINKS=far,lossy` measures only those links.
@@ -605,7 +607,7 @@ fn main() -> Result<()> {
                 if play_only {
                     return LinkCase { name, shape, opens: 0, seeks: 0, baseline: false, play, long_play };
                 }
-                LinkCase { name, shape, opens: 3, seeks, baseline: true, play, long_play }
+                LinkCase { name, shape, opens: 3, seeks, baseline: !ours_only, play, long_play }
             }
         })
         .collect();

@@ -44,5 +44,5 @@ pub mod source;
 pub mod stream;
 pub mod time;
 
-pub use source::{FileSource, RangeSource, SourceError};
+pub use source::{FileSource, RangeSource, ReadOptions, SourceError};
 pub use time::MediaTime;

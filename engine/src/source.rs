@@ -37,8 +37,11 @@ pub struct Cancel {
 }
 
 impl Cancel {
-    pub fn new() -> Cancel {
-        Cancel::default()
+    pub const fn new() -> Cancel {
+        Cancel {
+            cancelled: std::sync::atomic::AtomicBool::new(false),
+            wakers: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     /// Cancels every read waiting on this, now and later (until [`Cancel::reset`]).
@@ -73,6 +76,27 @@ impl Cancel {
     }
 }
 
+/// How one read is done: given up once `cancel` is set; its first `urgent` bytes are what
+/// playback waits for now (a seek's or a join's first frames), which a source sharing a link
+/// with other reads sends first.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadOptions<'a> {
+    pub cancel: &'a Cancel,
+    pub urgent: u64,
+}
+
+impl<'a> ReadOptions<'a> {
+    /// Cancellable, nothing urgent: a refill, a read ahead.
+    pub fn routine(cancel: &'a Cancel) -> ReadOptions<'a> {
+        ReadOptions { cancel, urgent: 0 }
+    }
+
+    /// Cancellable, its first `urgent` bytes awaited now.
+    pub fn urgent(cancel: &'a Cancel, urgent: u64) -> ReadOptions<'a> {
+        ReadOptions { cancel, urgent }
+    }
+}
+
 /// A byte stream of known length that can be read at any offset.
 ///
 /// Reads are synchronous: parsers run on ordinary threads (or `spawn_blocking`), and a remote
@@ -85,12 +109,20 @@ pub trait RangeSource: Send + Sync {
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError>;
 
     /// Like [`RangeSource::read_range`], but gives up with [`SourceError::Cancelled`] once
-    /// `cancel` is set. Sources whose reads are quick (files, memory) need not override it.
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
-        if cancel.is_cancelled() {
+    /// the options' `cancel` is set, and may send urgent bytes first. Sources whose reads are
+    /// quick (files, memory) need not override it.
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
+        if options.cancel.is_cancelled() {
             return Err(SourceError::Cancelled { start, len });
         }
         self.read_range(start, len)
+    }
+
+    /// The largest read this source serves quickly now (what a slow link carries in a
+    /// moment), for parsers that read ahead in windows: they take no larger ones. `None` when
+    /// any size is quick (files, memory, a fast link).
+    fn quick_read_len(&self) -> Option<u64> {
+        None
     }
 
     fn is_empty(&self) -> bool {
@@ -105,8 +137,11 @@ impl<T: RangeSource + ?Sized> RangeSource for &T {
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         (**self).read_range(start, len)
     }
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
-        (**self).read_range_cancellable(start, len, cancel)
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
+        (**self).read_range_with(start, len, options)
+    }
+    fn quick_read_len(&self) -> Option<u64> {
+        (**self).quick_read_len()
     }
 }
 
@@ -117,8 +152,11 @@ impl<T: RangeSource + ?Sized> RangeSource for std::sync::Arc<T> {
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         (**self).read_range(start, len)
     }
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
-        (**self).read_range_cancellable(start, len, cancel)
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
+        (**self).read_range_with(start, len, options)
+    }
+    fn quick_read_len(&self) -> Option<u64> {
+        (**self).quick_read_len()
     }
 }
 
@@ -150,8 +188,12 @@ impl<S: RangeSource> RangeSource for ExactReads<S> {
         Ok(data)
     }
 
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
-        let data = self.0.read_range_cancellable(start, len, cancel)?;
+    fn quick_read_len(&self) -> Option<u64> {
+        self.0.quick_read_len()
+    }
+
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
+        let data = self.0.read_range_with(start, len, options)?;
         if data.len() as u64 != len {
             return Err(SourceError::ShortRead { start, len, got: data.len() as u64 });
         }
@@ -271,10 +313,14 @@ impl<S: RangeSource> RangeSource for CountingSource<S> {
         Ok(data)
     }
 
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
-        let data = self.inner.read_range_cancellable(start, len, cancel)?;
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
+        let data = self.inner.read_range_with(start, len, options)?;
         self.counter.count(data.len() as u64);
         Ok(data)
+    }
+
+    fn quick_read_len(&self) -> Option<u64> {
+        self.inner.quick_read_len()
     }
 }
 

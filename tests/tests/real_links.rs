@@ -321,3 +321,68 @@ fn a_superseded_seek_cancels_its_reads() -> Result<()> {
     );
     Ok(())
 }
+
+/// Bytes that crossed the link (server to client) while an urgent-or-routine read of
+/// `small` bytes was served beside a routine read of `big` bytes already under way.
+fn crossed_beside_a_routine_read(urgent: bool, big: u64, small: u64) -> Result<u64> {
+    let root = tandem_tests::workspace_root().join("fixtures");
+    let link = ShapedLink::new(Shape::symmetric(Duration::from_millis(100), Some(300_000), 0.0))?;
+    let server = ServedPeer::start(link.b(), &root)?;
+    let peer = server.peer();
+    let (marks_tx, marks_rx) = std::sync::mpsc::channel::<&'static str>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reader = link.a().spawn(move || -> Result<()> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let client = runtime.block_on(tandem::net::Client::builder().spawn())?;
+        let info = runtime.block_on(client.get(&peer, "meeting"))?;
+        let priority = tandem::net::SendPriority { urgent: 6, routine: 0 };
+        let track = |name: &str| -> Result<tandem::net::RemoteTrack> {
+            Ok(tandem::net::RemoteTrack::new(client.clone(), peer.clone(), &info, name)?
+                .with_priority(priority))
+        };
+        let (refill, wanted) = (track("alice_video")?, track("bob_video")?);
+        let refilling = runtime.spawn(async move { refill.read(0, big).await });
+        // The routine read fills the link before the other asks.
+        std::thread::sleep(Duration::from_millis(1500));
+        marks_tx.send("busy")?;
+        go_rx.recv()?;
+        let awaited = if urgent { small } else { 0 };
+        let data = runtime.block_on(wanted.read_urgent(0, small, awaited))?;
+        ensure!(data.len() as u64 == small, "read {} of {small} bytes", data.len());
+        marks_tx.send("read")?;
+        let refilled = runtime.block_on(refilling)??;
+        ensure!(refilled.len() as u64 == big, "the routine read got {} of {big} bytes", refilled.len());
+        runtime.block_on(client.close());
+        Ok(())
+    })?;
+    ensure!(marks_rx.recv_timeout(Duration::from_secs(60))? == "busy", "no routine read");
+    let before = link.stats().1.delivered_bytes;
+    go_tx.send(())?;
+    ensure!(marks_rx.recv_timeout(Duration::from_secs(60))? == "read", "the second read never completed");
+    let crossed = link.stats().1.delivered_bytes - before;
+    reader.join().map_err(|_| anyhow!("the reader panicked"))??;
+    Ok(crossed)
+}
+
+#[test]
+fn an_urgent_read_crosses_a_short_link_ahead_of_routine_reads() -> Result<()> {
+    let _serial = one_at_a_time();
+    let (big, small) = (400_000, 60_000);
+    // The oracle is the same read at routine priority: the link shares itself between the two.
+    let routine = crossed_beside_a_routine_read(false, big, small)?;
+    let urgent = crossed_beside_a_routine_read(true, big, small)?;
+    println!(
+        "a {small}-byte read beside a routine {big}-byte one on a 300 kbit/s link: \
+         {routine} bytes crossed until it completed at routine priority, {urgent} urgent"
+    );
+    ensure!(
+        routine > small * 3 / 2,
+        "at the same priority the reads did not share the link: {routine} bytes"
+    );
+    // Urgent, it goes first: what crosses meanwhile is it and what was already in flight.
+    ensure!(
+        urgent < routine * 3 / 4 && urgent < small * 3 / 2,
+        "urgent: {urgent} bytes crossed (routine: {routine}); the peer did not send it first"
+    );
+    Ok(())
+}

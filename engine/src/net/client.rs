@@ -27,7 +27,7 @@ use super::protocol::{
 };
 use super::reach::Reach;
 use super::server::endpoint_builder;
-use crate::source::{check_range, Cancel, RangeSource, SourceError};
+use crate::source::{check_range, RangeSource, ReadOptions, SourceError};
 
 /// Most requests one [`RemoteTrack`] read keeps in flight at once; a large read is fetched in
 /// window-sized parts, this many at a time.
@@ -509,8 +509,18 @@ pub struct RemoteTrack {
     file: u32,
     size: u64,
     window: ReadWindow,
-    /// Send priority of this track's reads (see [`ReadRangeRequest::priority`]).
-    priority: Option<i32>,
+    /// Send priorities of this track's reads (see [`ReadRangeRequest::priority`]).
+    priority: Option<SendPriority>,
+}
+
+/// The send priorities a track's reads ask for (higher first; see
+/// [`ReadRangeRequest::priority`]): a peer's send order decides who gets a short link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendPriority {
+    /// The bytes playback waits for now ([`ReadOptions::urgent`]).
+    pub urgent: i32,
+    /// Every other read: refills, reads ahead, index reads.
+    pub routine: i32,
 }
 
 impl RemoteTrack {
@@ -558,7 +568,7 @@ impl RemoteTrack {
     }
 
     /// Reads of this track are sent before lower ones when the link is short.
-    pub fn with_priority(mut self, priority: i32) -> RemoteTrack {
+    pub fn with_priority(mut self, priority: SendPriority) -> RemoteTrack {
         self.priority = Some(priority);
         self
     }
@@ -576,14 +586,18 @@ impl RemoteTrack {
         self.window
     }
 
-    /// The requests (start, len to ask, len to keep) that cover `start..start+len`.
-    fn plan(&self, start: u64, len: u64) -> Vec<(u64, u64, u64)> {
+    /// The requests (start, len to ask, len to keep) that cover `start..start+len`, none
+    /// across `split` (where urgent bytes end and routine ones begin).
+    fn plan(&self, start: u64, len: u64, split: u64) -> Vec<(u64, u64, u64)> {
         let max = self.window.max.max(1);
         let mut out = Vec::new();
         let mut at = start;
         let end = start.saturating_add(len);
         while at < end {
-            let keep = (end - at).min(max);
+            let mut keep = (end - at).min(max);
+            if at < split && split < at + keep {
+                keep = split - at;
+            }
             // Short reads must end the track; otherwise ask for the minimum and keep a prefix.
             let ask = if keep < self.window.min {
                 self.window.min.min(self.size.saturating_sub(at)).max(keep)
@@ -598,13 +612,21 @@ impl RemoteTrack {
 
     /// The async form of [`RangeSource::read_range`], for callers already on the runtime.
     pub async fn read(&self, start: u64, len: u64) -> Result<Bytes, NetError> {
+        self.read_urgent(start, len, 0).await
+    }
+
+    /// Like [`RemoteTrack::read`]; the parts that hold the first `urgent` bytes go out at
+    /// the track's urgent priority.
+    pub async fn read_urgent(&self, start: u64, len: u64, urgent: u64) -> Result<Bytes, NetError> {
         check_range(start, len, self.size)
             .map_err(|e| NetError::status(super::protocol::ErrorCode::OutOfRange, e.to_string()))?;
-        let parts = self.plan(start, len);
+        let urgent_end = start.saturating_add(urgent);
+        let parts = self.plan(start, len, urgent_end);
         let fetches = parts.into_iter().map(|(at, ask, keep)| async move {
+            let priority = self.priority.map(|p| if at < urgent_end { p.urgent } else { p.routine });
             let data = self
                 .client
-                .read_file_range(&self.peer, &self.stream, &self.track, self.file, at, ask, self.priority)
+                .read_file_range(&self.peer, &self.stream, &self.track, self.file, at, ask, priority)
                 .await?;
             Ok::<Bytes, NetError>(data.slice(..usize::try_from(keep).unwrap_or(usize::MAX).min(data.len())))
         });
@@ -643,16 +665,18 @@ impl RangeSource for RemoteTrack {
 
     /// Cancelling aborts the request task: its QUIC streams are dropped, which stops the
     /// server's sending (STOP_SENDING) instead of waiting for the bytes.
-    fn read_range_cancellable(&self, start: u64, len: u64, cancel: &Cancel) -> Result<Bytes, SourceError> {
+    fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
         check_range(start, len, self.size)?;
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let cancel = options.cancel;
         if cancel.is_cancelled() {
             return Err(SourceError::Cancelled { start, len });
         }
         let this = self.clone();
-        let task = self.client.inner.runtime.spawn(async move { this.read(start, len).await });
+        let urgent = options.urgent;
+        let task = self.client.inner.runtime.spawn(async move { this.read_urgent(start, len, urgent).await });
         let abort = task.abort_handle();
         let cancelled = std::pin::pin!(cancel.cancelled());
         let outcome = futures::executor::block_on(futures::future::select(task, cancelled));
@@ -700,12 +724,15 @@ mod tests {
             priority: None,
         };
         // Small read in the middle: ask for the minimum, keep 8.
-        assert_eq!(track.plan(50, 8), vec![(50, 100, 8)]);
+        assert_eq!(track.plan(50, 8, 0), vec![(50, 100, 8)]);
         // Small read near the end: ask up to the end.
-        assert_eq!(track.plan(9_950, 8), vec![(9_950, 50, 8)]);
+        assert_eq!(track.plan(9_950, 8, 0), vec![(9_950, 50, 8)]);
         // Large read: window-sized parts, a short tail padded to the minimum.
-        assert_eq!(track.plan(0, 2_010), vec![(0, 1000, 1000), (1000, 1000, 1000), (2000, 100, 10)]);
-        for (at, ask, keep) in track.plan(123, 7_777) {
+        assert_eq!(track.plan(0, 2_010, 0), vec![(0, 1000, 1000), (1000, 1000, 1000), (2000, 100, 10)]);
+        // Urgent bytes end at 1500: no part crosses there.
+        assert_eq!(track.plan(0, 2_010, 1500), vec![(0, 1000, 1000), (1000, 500, 500), (1500, 510, 510)]);
+        assert_eq!(track.plan(0, 900, 30), vec![(0, 100, 30), (30, 870, 870)]);
+        for (at, ask, keep) in track.plan(123, 7_777, 4_000) {
             assert!(keep <= ask && ask <= 1000);
             assert!(ask >= 100 || at + ask == 10_000);
         }

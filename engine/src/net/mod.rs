@@ -31,7 +31,7 @@ pub mod server;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod strangers;
 
-pub use client::{Client, PeerAddr, RemoteTrack};
+pub use client::{Client, PeerAddr, RemoteTrack, SendPriority};
 pub use folder::FolderProvider;
 pub use iroh::endpoint::ConnectionType;
 pub use protocol::{

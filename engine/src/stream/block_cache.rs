@@ -10,14 +10,17 @@
 //! A walk that goes on block after block (a Matroska cluster walked in small windows, Ogg
 //! pages, MP3 frames) would cost a round trip per block on a far link: a miss right after the
 //! previous one fetches more blocks than asked, twice as many each time, up to [`AHEAD_MOST`],
-//! as an operating system's page cache reads ahead of a file read in order.
+//! as an operating system's page cache reads ahead of a file read in order; and no more than
+//! the link carried in [`AHEAD_TIME`] at the last fetch's pace, so a slow link does not spend
+//! seconds on blocks the walk may never reach.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::source::{check_range, Cancel, RangeSource, SourceError};
+use crate::source::{check_range, Cancel, RangeSource, ReadOptions, SourceError};
 
 /// Block size: small enough that a cold small read stays cheap.
 const BLOCK: u64 = 32 * 1024;
@@ -26,6 +29,11 @@ const BLOCK: u64 = 32 * 1024;
 const CAPACITY: usize = 64;
 /// Most blocks a sequential miss fetches beyond what it asked (256 KiB).
 const AHEAD_MOST: u64 = 8;
+/// A read ahead holds at most what the last fetch's pace carries in this long.
+const AHEAD_TIME: f64 = 0.25;
+/// A parser's read window is at most what the last fetch's pace carries in this long (and at
+/// least a block).
+const WINDOW_TIME: f64 = 0.5;
 
 pub(crate) struct BlockCache {
     inner: Arc<dyn RangeSource>,
@@ -34,7 +42,15 @@ pub(crate) struct BlockCache {
     /// The block after the last one fetched, and how many blocks the next sequential miss
     /// fetches beyond what it asks.
     ahead: Mutex<(u64, u64)>,
+    /// Bytes per second of the last fetch, round trip included; `f64` bits.
+    pace: AtomicU64,
+    /// Reads go out urgent (see [`ReadOptions`]): the index opens, or a start waits on its
+    /// walk. True at first, for the index's open.
+    awaited: AtomicBool,
 }
+
+/// Index reads are not cancelled: they are short, and the walk needs them.
+static NEVER: Cancel = Cancel::new();
 
 impl BlockCache {
     /// The longest read whose blocks are kept.
@@ -45,7 +61,28 @@ impl BlockCache {
             inner,
             blocks: Mutex::new(VecDeque::with_capacity(CAPACITY)),
             ahead: Mutex::new((u64::MAX, 0)),
+            pace: AtomicU64::new(f64::INFINITY.to_bits()),
+            awaited: AtomicBool::new(true),
         }
+    }
+
+    /// Whether playback waits on this file's index reads now.
+    pub(crate) fn set_awaited(&self, awaited: bool) {
+        self.awaited.store(awaited, Ordering::Relaxed);
+    }
+
+    /// A read of the inner source, urgent while awaited; its pace is noted.
+    fn read_inner(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+        let urgent = if self.awaited.load(Ordering::Relaxed) { len } else { 0 };
+        let started = std::time::Instant::now();
+        let data = self.inner.read_range_with(start, len, ReadOptions::urgent(&NEVER, urgent))?;
+        self.note_pace(len, started.elapsed());
+        Ok(data)
+    }
+
+    fn note_pace(&self, bytes: u64, took: std::time::Duration) {
+        let pace = bytes as f64 / took.as_secs_f64().max(1e-6);
+        self.pace.store(pace.to_bits(), Ordering::Relaxed);
     }
 
     fn cached(&self, block: u64) -> Option<Bytes> {
@@ -90,8 +127,8 @@ impl BlockCache {
 impl BlockCache {
     /// Fetches the blocks of `start..start+len` in one read, unless all are here: what a walk
     /// about to start will read, so it finds memory rather than a round trip per window.
-    /// Gives up when `cancel` is set.
-    pub(crate) fn prefetch(&self, start: u64, len: u64, cancel: &Cancel) -> Result<(), SourceError> {
+    /// Reads with `options` (cancellable; what is urgent).
+    pub(crate) fn prefetch(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<(), SourceError> {
         let size = self.inner.len();
         let len = len.min(size.saturating_sub(start)).min(Self::MOST_KEPT);
         if len == 0 || self.read_cached(start, len).is_some() {
@@ -101,8 +138,10 @@ impl BlockCache {
         let from = first * BLOCK;
         let to = ((last + 1) * BLOCK).min(size);
         let started = std::time::Instant::now();
-        let data = self.inner.read_range_cancellable(from, to - from, cancel)?;
+        let urgent = (start + options.urgent).saturating_sub(from);
+        let data = self.inner.read_range_with(from, to - from, ReadOptions { urgent, ..options })?;
         tracing::debug!(start = from, len = to - from, took = ?started.elapsed(), "prefetch");
+        self.note_pace(to - from, started.elapsed());
         if data.len() as u64 != to - from {
             return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
         }
@@ -140,7 +179,9 @@ impl BlockCache {
         let blocks_in_file = size.div_ceil(BLOCK);
         let mut ahead = self.ahead.lock().unwrap_or_else(|e| e.into_inner());
         let (next, extra) = *ahead;
-        let extra = if run_start == next { (extra * 2).clamp(1, AHEAD_MOST) } else { 0 };
+        let paced = f64::from_bits(self.pace.load(Ordering::Relaxed)) * AHEAD_TIME / BLOCK as f64;
+        let most_extra = (paced as u64).clamp(1, AHEAD_MOST);
+        let extra = if run_start == next { (extra * 2).clamp(1, most_extra) } else { 0 };
         let most = (run_end + extra).min(blocks_in_file);
         // Up to the first block already here (a read ahead may have fetched it).
         let mut end = run_end;
@@ -157,6 +198,11 @@ impl RangeSource for BlockCache {
         self.inner.len()
     }
 
+    fn quick_read_len(&self) -> Option<u64> {
+        let pace = f64::from_bits(self.pace.load(Ordering::Relaxed));
+        pace.is_finite().then(|| ((pace * WINDOW_TIME) as u64).max(BLOCK))
+    }
+
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
         let size = self.inner.len();
         check_range(start, len, size)?;
@@ -167,7 +213,7 @@ impl RangeSource for BlockCache {
         // Too big to keep: straight through.
         if last - first + 1 > CAPACITY as u64 / 2 {
             tracing::debug!(start, len, "index read, not kept");
-            return self.inner.read_range(start, len);
+            return self.read_inner(start, len);
         }
         let mut parts: Vec<Option<Bytes>> = (first..=last).map(|b| self.cached(b)).collect();
         let mut b = first;
@@ -184,7 +230,7 @@ impl RangeSource for BlockCache {
             let from = run_start * BLOCK;
             let to = (fetch_end * BLOCK).min(size);
             let started = std::time::Instant::now();
-            let data = self.inner.read_range(from, to - from)?;
+            let data = self.read_inner(from, to - from)?;
             tracing::debug!(start = from, len = to - from, took = ?started.elapsed(), "index read");
             if data.len() as u64 != to - from {
                 return Err(SourceError::Io { start: from, len: to - from, message: "short read".into() });
@@ -231,6 +277,39 @@ mod tests {
         let before = counted.cost();
         cache.read_range(1_900_000, 10).expect("jump");
         assert_eq!(counted.cost().bytes - before.bytes, BLOCK);
+    }
+
+    /// A source whose every read takes `delay`: a slow link.
+    struct Slow(Arc<CountingSource<Bytes>>, std::time::Duration);
+
+    impl RangeSource for Slow {
+        fn len(&self) -> u64 {
+            self.0.len()
+        }
+        fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {
+            std::thread::sleep(self.1);
+            self.0.read_range(start, len)
+        }
+    }
+
+    #[test]
+    fn a_walk_over_a_slow_link_reads_ahead_no_more_than_the_link_carries_in_a_moment() {
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let counted = Arc::new(CountingSource::new(Bytes::from(data.clone())));
+        // 32 KiB in 300 ms: about 110 kB/s, so a quarter of a second holds less than a block.
+        let cache = BlockCache::new(Arc::new(Slow(counted.clone(), std::time::Duration::from_millis(300))));
+        let (from, to) = (100_000u64, 300_000u64);
+        let mut at = from;
+        while at < to {
+            assert_eq!(
+                &cache.read_range(at, 4096).expect("read")[..],
+                &data[at as usize..at as usize + 4096]
+            );
+            at += 4096;
+        }
+        // Each fetch takes the block asked for and one more at most.
+        let fetched = counted.cost().bytes;
+        assert!(fetched <= (to - from) + 3 * BLOCK, "{fetched} bytes fetched for a {} byte walk", to - from);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use super::timeline::{Place, Span};
 use super::{RequestSizer, Shared};
 use crate::index::{Codec, Container, Keyframe, ReadPos, Sample, TrackIndex};
 use crate::manifest::TrackKind;
-use crate::source::{Cancel, RangeSource, SourceError};
+use crate::source::{Cancel, RangeSource, ReadOptions, SourceError};
 use crate::time::MediaTime;
 
 /// How often the worker wakes to re-check its buffer and commands while it waits.
@@ -176,6 +176,9 @@ struct Run {
     skipping: bool,
     /// The file ends inside a sample of this span (a cut recording): nothing more comes.
     truncated: bool,
+    /// Nothing read yet for this start: playback waits on its first reads, which go out
+    /// urgent (see [`ReadOptions`]).
+    awaited: bool,
 }
 
 impl Fetcher {
@@ -253,6 +256,7 @@ impl Fetcher {
             cursor_seen: false,
             skipping: false,
             truncated: false,
+            awaited: true,
         };
         self.figures.set_buffered_until(start.target);
         self.figures.buffered_bytes.store(0, Ordering::Relaxed);
@@ -262,6 +266,7 @@ impl Fetcher {
         if self.desc.kind == TrackKind::Captions {
             return self.cues(&mut run);
         }
+        self.source.set_awaited(true);
         let mut t = start.target;
         loop {
             let (span_index, span) = match self.desc.timeline.place(t) {
@@ -309,6 +314,7 @@ impl Fetcher {
                 .ok_or_else(|| Flow::Failed(format!("the track has no file {file}")))?;
             (self.index, self.source, self.data_source) = (next.index, next.source, next.data_source);
             self.file = file;
+            self.source.set_awaited(run.awaited);
             run.discont = true;
             run.truncated = false;
             run.skipping = false;
@@ -418,21 +424,22 @@ impl Fetcher {
         while offset < len {
             self.poll_commands()?;
             let size = CHUNK.min(len - offset);
-            let data = self.read(offset, size)?;
+            let data = self.read(offset, size, 0)?;
             self.send(run, Item::Chunk { offset, data })?;
             offset += size;
         }
         self.finish(run)
     }
 
-    /// Reads a range of media data, giving up when the subscription ends or a new start comes.
-    fn read(&mut self, start: u64, len: u64) -> Result<Bytes, Flow> {
+    /// Reads a range of media data, giving up when the subscription ends or a new start comes;
+    /// its first `urgent` bytes are awaited now.
+    fn read(&mut self, start: u64, len: u64, urgent: u64) -> Result<Bytes, Flow> {
         if let Some(data) = self.source.read_cached(start, len) {
             return Ok(data);
         }
         loop {
             let started = Instant::now();
-            match self.data_source.read_range_cancellable(start, len, &self.cancel) {
+            match self.data_source.read_range_with(start, len, ReadOptions::urgent(&self.cancel, urgent)) {
                 Ok(data) => {
                     tracing::debug!(track = %self.desc.name, start, len, took = ?started.elapsed(), "read");
                     self.sizer.record(data.len() as u64, started.elapsed());
@@ -467,7 +474,7 @@ impl Fetcher {
         let src: &dyn RangeSource = source.as_ref();
         let preroll = if index.info().codec == Codec::Opus { OPUS_PREROLL } else { MediaTime::ZERO };
         let keyframe = index.seek(src, media.saturating_sub(preroll).max(MediaTime::ZERO)).map_err(failed)?;
-        self.prefetch_walk(index, &keyframe, media)?;
+        self.prefetch_walk(index, &keyframe, media, run.awaited)?;
         let end_media = span.end.map(|e| span.to_media(e));
         // Media before this is decoded but not shown: before the target or the span's start.
         let show_from = span.to_media(run.target.max(span.start));
@@ -566,6 +573,7 @@ impl Fetcher {
             };
             let mut count = 0;
             let mut range_end = head.end();
+            let mut urgent_end = head.end();
             for s in pending.iter() {
                 if count > 0
                     && (s.offset < head.offset
@@ -576,9 +584,15 @@ impl Fetcher {
                     break;
                 }
                 range_end = range_end.max(s.end());
+                if s.dts <= media || s.pts <= media {
+                    urgent_end = urgent_end.max(s.end());
+                }
                 count += 1;
             }
-            let data = self.read(head.offset, range_end - head.offset)?;
+            // A start's first read: what the target needs is awaited, the refill is not.
+            let urgent = if std::mem::take(&mut run.awaited) { urgent_end - head.offset } else { 0 };
+            self.source.set_awaited(false);
+            let data = self.read(head.offset, range_end - head.offset, urgent)?;
             let chunk = Chunk { base: src, start: head.offset, data };
             // With catch-up on, frames fetched but already late are decoded (later frames
             // refer to them) and not shown: a late picture is a wrong picture.
@@ -632,6 +646,7 @@ impl Fetcher {
         index: &TrackIndex,
         keyframe: &Keyframe,
         media: MediaTime,
+        awaited: bool,
     ) -> Result<(), Flow> {
         let info = index.info();
         if !walks_media(index) {
@@ -639,9 +654,14 @@ impl Fetcher {
         }
         let Some(duration) = info.duration.filter(|d| *d > MediaTime::ZERO) else { return Ok(()) };
         let byte_rate = self.data_source.len() as f64 / duration.as_secs_f64();
-        let stretch = media.saturating_sub(keyframe.pts).saturating_add(self.refill());
-        let len = (byte_rate * stretch.as_secs_f64() * PREFETCH_MARGIN) as u64 + PREFETCH_LEAST;
-        match self.source.prefetch(keyframe.offset, len, &self.cancel) {
+        let estimate = |stretch: MediaTime| {
+            (byte_rate * stretch.as_secs_f64() * PREFETCH_MARGIN) as u64 + PREFETCH_LEAST
+        };
+        let needed = media.saturating_sub(keyframe.pts);
+        let len = estimate(needed.saturating_add(self.refill()));
+        // Awaited: the stretch up to the target is urgent, the refill beyond it is not.
+        let urgent = if awaited { estimate(needed) } else { 0 };
+        match self.source.prefetch(keyframe.offset, len, ReadOptions::urgent(&self.cancel, urgent)) {
             Ok(()) => Ok(()),
             Err(SourceError::Cancelled { .. }) => {
                 self.poll_commands()?;
