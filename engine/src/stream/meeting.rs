@@ -12,16 +12,16 @@ use crate::manifest::{GapPolicy, Manifest, Role, TrackKind};
 use crate::source::{FileSource, RangeSource};
 use crate::time::MediaTime;
 
-/// The order a peer sends tracks' bytes in when the link cannot carry them all: what a start
-/// awaits (the sound's, then the pictures' frames up to the target) before refills, and the
-/// sound and the captions (small) before the pictures, so a short link costs video, not the
-/// meeting, and a seek does not wait behind refills.
+/// The order a peer sends tracks' bytes in when the link cannot carry them all: the sound and
+/// the captions (small) first, then the frames a picture awaits (up to a seek's target), then
+/// the pictures' refills; so a short link costs video, not the meeting, and a seek's pictures
+/// do not wait behind refills.
 #[cfg(feature = "net")]
 fn send_priority(kind: TrackKind) -> crate::net::SendPriority {
     use crate::net::SendPriority;
     match kind {
-        TrackKind::Audio | TrackKind::Captions => SendPriority { urgent: 6, routine: 2 },
-        TrackKind::Video => SendPriority { urgent: 4, routine: 0 },
+        TrackKind::Audio | TrackKind::Captions => SendPriority { urgent: 6, routine: 4 },
+        TrackKind::Video => SendPriority { urgent: 2, routine: 0 },
     }
 }
 
