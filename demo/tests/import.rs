@@ -382,14 +382,10 @@ fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> 
     Ok(())
 }
 
-/// Known bug, found by this test and not fixed yet: where a camera file's stretch before a
-/// recording pause is followed at once by its stretch after it (two adjacent segments of one
-/// file), the export shows, just before the boundary, frames the second segment decodes only
-/// as references (at meeting 11966 ms stamps 18167 or 19792 in two runs, where the events put
-/// 15375). Snapshots,
-/// which seek, are right (see the test above).
+/// Where the camera's stretch before a recording pause is followed at once by its stretch
+/// after it (two adjacent segments of one file), an export (which plays on, where snapshots
+/// seek) shows no frame the second segment decodes only as a reference, and no frame early.
 #[test]
-#[ignore = "known bug: an export across adjacent segments of one file shows the second segment's decode-only frames"]
 fn an_export_across_a_recording_pause_shows_each_frame_where_the_events_put_it() -> Result<()> {
     let root = tempfile::tempdir()?;
     let bbb = bbb_folder(root.path())?;

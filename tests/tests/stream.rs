@@ -239,6 +239,86 @@ fn after_a_seek_each_video_track_starts_at_its_keyframe_at_or_before_the_target(
     Ok(())
 }
 
+/// A meeting whose two cameras each had a recording pause cut out of one file: two adjacent
+/// segments of the same file, the second from a media time between keyframes (bob's VP8 in
+/// WebM, alice's H.264 with B-frames in MP4, with an edit list).
+fn paused_meeting(root: &std::path::Path) -> Result<std::path::PathBuf> {
+    let src = fixture_meeting("meeting");
+    let dir = root.join("paused");
+    std::fs::create_dir_all(&dir)?;
+    for file in ["bob_video.webm", "alice_video.mp4"] {
+        std::fs::copy(src.join(file), dir.join(file))?;
+    }
+    let manifest = serde_json::json!({
+        "name": "paused", "duration_ms": 60000,
+        "tracks": [
+            {"name": "bob_video", "kind": "video", "role": "camera", "participant": "bob", "segments": [
+                {"file": "bob_video.webm", "start_ms": 5000, "end_ms": 8000},
+                {"file": "bob_video.webm", "start_ms": 8000, "media_start_ms": 10000}]},
+            {"name": "alice_video", "kind": "video", "role": "camera", "participant": "alice", "segments": [
+                {"file": "alice_video.mp4", "start_ms": 0, "end_ms": 6000},
+                {"file": "alice_video.mp4", "start_ms": 6000, "media_start_ms": 9000}]}
+        ]
+    });
+    std::fs::write(dir.join("meeting.json"), serde_json::to_string_pretty(&manifest)?)?;
+    Ok(dir)
+}
+
+#[test]
+fn a_segment_right_after_another_of_the_same_file_starts_at_its_keyframe_as_a_discontinuity() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let dir = paused_meeting(root.path())?;
+    let manifest = Manifest::load(&dir)?;
+    let stream = MeetingStream::open(Meeting::from_folder(&dir)?, StreamOptions::default());
+    for track in &manifest.tracks {
+        stream.seek(MediaTime::ZERO);
+        let subscription = stream.subscribe(&track.name)?;
+        let spans = subscription.track().timeline.clone();
+        let second = *spans.span(1).context("no second span")?;
+        let packets: Vec<Packet> = drain(&subscription)?.into_iter().filter(|p| p.span == 1).collect();
+        let media_ms = |p: &Packet| {
+            (p.pts.saturating_sub(second.start).as_nanos() as f64) / 1e6
+                + second.media_start.as_nanos() as f64 / 1e6
+        };
+        let media_start = second.media_start.as_nanos() as f64 / 1e6;
+        // ffprobe's packets in decode order: from the keyframe at or before the media start, the
+        // ones whose presentation ends by then (at the next presentation time) only decode.
+        let probed = ffprobe_packets(&dir.join(&track.segments[1].file))?;
+        let mut times: Vec<f64> = probed.iter().filter_map(|p| p.pts_ms).collect();
+        times.sort_by(f64::total_cmp);
+        let key = probed
+            .iter()
+            .rposition(|p| p.keyframe && p.pts_ms.is_some_and(|t| t <= media_start + 1.0))
+            .context("no keyframe before the second segment")?;
+        let ends = |t: f64| times.iter().copied().find(|n| *n > t + 0.5).unwrap_or(f64::MAX);
+        let mut lead_in: Vec<f64> =
+            probed[key..].iter().filter_map(|p| p.pts_ms).filter(|t| ends(*t) <= media_start + 0.5).collect();
+        lead_in.sort_by(f64::total_cmp);
+
+        let first = packets.first().context("no packet in the second segment")?;
+        let key_ms = probed[key].pts_ms.unwrap_or_default();
+        ensure!(
+            first.keyframe && first.discont && (media_ms(first) - key_ms).abs() <= 1.0,
+            "{}: the second segment starts at media {:.1} ms (keyframe {}, discont {}), ffprobe's keyframe is at {key_ms:.1}",
+            track.name,
+            media_ms(first),
+            first.keyframe,
+            first.discont
+        );
+        let mut decode_only: Vec<f64> = packets.iter().filter(|p| p.decode_only).map(media_ms).collect();
+        decode_only.sort_by(f64::total_cmp);
+        ensure!(
+            decode_only.len() == lead_in.len()
+                && decode_only.iter().zip(&lead_in).all(|(a, b)| (a - b).abs() <= 1.0),
+            "{}: decode-only media times {decode_only:?}, ffprobe's lead-in {lead_in:?}",
+            track.name
+        );
+        ensure!(!lead_in.is_empty(), "{}: the second segment starts on a keyframe", track.name);
+        eprintln!("{}: {} lead-in packets from media {key_ms:.1} ms", track.name, lead_in.len());
+    }
+    Ok(())
+}
+
 /// A source that counts reads and bytes per track.
 #[derive(Default)]
 struct Reads {

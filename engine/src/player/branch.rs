@@ -11,6 +11,7 @@
 //! `autoaudiosink`, the speakers), so no aggregator ever waits for a
 //! track that has nothing to show and a track can join or leave without touching the others.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use gstreamer as gst;
@@ -25,7 +26,7 @@ use super::output::{AudioChunk, Output, SinkContext, VideoFrame};
 use super::PlayerError;
 use crate::index::{Codec, TrackInfo};
 use crate::manifest::TrackKind;
-use crate::stream::Timeline;
+use crate::stream::{Span, Timeline};
 use crate::time::MediaTime;
 
 /// Consecutive frames a video decoder may fail on before the track fails.
@@ -185,7 +186,8 @@ pub(crate) fn build(
             if dec.has_property("max-errors") {
                 dec.set_property("max-errors", MAX_DECODE_ERRORS);
             }
-            hide_outside_spans(&dec, timeline.clone());
+            start_segments_at_span_markers(&dec);
+            show_each_span_alone(&dec, timeline.clone());
             elements.push(dec);
             elements.push(make("videoconvert", format!("{track}-convert"))?);
             elements.push(video_sink(track, context, joining)?);
@@ -213,8 +215,123 @@ pub(crate) fn build(
     Ok(Branch { appsrc, elements })
 }
 
-/// Drops decoded buffers that lie wholly outside the track's spans: the frames decoded from a
-/// keyframe before a span starts, which decoders do not reliably hide for `DECODE_ONLY`.
+/// The structure name of the marker the feeder sends ahead of a span's first video packet.
+const SPAN_START: &str = "tandem-span-start";
+
+/// The marker the feeder sends ahead of the first video packet of a span that starts after
+/// the segment in force (`Feeder::enter_span`); `start` is where the span starts.
+pub(crate) fn span_start_event(start: MediaTime) -> gst::Event {
+    let marker = gst::Structure::builder(SPAN_START).field("start", clock_time(start).nseconds()).build();
+    gst::event::CustomDownstream::new(marker)
+}
+
+/// Turns the feeder's span marker, as it reaches the video decoder, into a segment: the one
+/// in force there (after any pad offset), its position moved to where the span starts. Same
+/// start, base and time, so running and stream time go on unchanged; as a new segment it
+/// resets the decoder's last output time, so frames decoded ahead of the span (whose times
+/// lie before frames already out) keep their own times instead of the last one
+/// (`gst_video_decoder_push_event` on SEGMENT in 1.22). Made here, in the streaming thread:
+/// in the feeder's thread the segment of a seek just made may not be in place yet (basesrc
+/// sends FLUSH_STOP before it stores the seek's segment), and an equal segment sent through
+/// appsrc is dropped there.
+fn start_segments_at_span_markers(decoder: &gst::Element) {
+    let Some(pad) = decoder.static_pad("sink") else { return };
+    pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |pad, probe| {
+        let Some(gst::PadProbeData::Event(event)) = &probe.data else { return gst::PadProbeReturn::Ok };
+        let Some(start) = span_start_of(event) else { return gst::PadProbeReturn::Ok };
+        let Some(in_force) = pad.sticky_event::<gst::event::Segment>(0) else {
+            return gst::PadProbeReturn::Drop;
+        };
+        let Some(mut segment) = in_force.segment().downcast_ref::<gst::ClockTime>().cloned() else {
+            return gst::PadProbeReturn::Drop;
+        };
+        segment.set_position(clock_time(start));
+        let mut event = gst::event::Segment::new(&segment);
+        event.make_mut().set_running_time_offset(in_force.running_time_offset());
+        probe.data = Some(gst::PadProbeData::Event(event));
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// The start a span marker carries; `None` for any other event.
+fn span_start_of(event: &gst::EventRef) -> Option<MediaTime> {
+    if event.type_() != gst::EventType::CustomDownstream {
+        return None;
+    }
+    let marker = event.structure().filter(|s| s.name() == SPAN_START)?;
+    let start = marker.get::<u64>("start").ok()?;
+    Some(meeting_time(gst::ClockTime::from_nseconds(start)))
+}
+
+/// Shows each decoded video frame only within the span it was sent for, clipped to it. The
+/// span is the one in force where the furthest segment since the last flush puts its
+/// position: a seek's target, or a span's start (see [`start_segments_at_span_markers`]);
+/// every segment comes out of the decoder ahead of the frames sent after it. So the frames decoded from a keyframe up to
+/// where a span starts are hidden even where they fall inside the span before it (GStreamer
+/// 1.22's decoders ignore `DECODE_ONLY` on input), and so are frames past a span's end that
+/// only serve to decode the frames before it. The feeder's drain events end here too.
+fn show_each_span_alone(decoder: &gst::Element, timeline: Timeline) {
+    let Some(pad) = decoder.static_pad("src") else { return };
+    let segment_at = AtomicI64::new(0);
+    let events = gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH;
+    pad.add_probe(gst::PadProbeType::BUFFER | events, move |_, probe| {
+        match &mut probe.data {
+            Some(gst::PadProbeData::Event(event)) => {
+                match event.view() {
+                    gst::EventView::CustomDownstream(_)
+                        if gst_video::StillFrameEvent::parse(event).is_ok() =>
+                    {
+                        return gst::PadProbeReturn::Drop;
+                    }
+                    // A seek's segment comes again right before its first buffer, which may
+                    // be after a span's: within one flush, the latest position holds.
+                    gst::EventView::Segment(s) => {
+                        if let Some(segment) = s.segment().downcast_ref::<gst::ClockTime>() {
+                            let at =
+                                segment.start().max(segment.position()).map_or(MediaTime::ZERO, meeting_time);
+                            segment_at.fetch_max(at.as_nanos(), Ordering::Relaxed);
+                        }
+                    }
+                    gst::EventView::FlushStop(_) => segment_at.store(0, Ordering::Relaxed),
+                    _ => {}
+                }
+                gst::PadProbeReturn::Ok
+            }
+            Some(gst::PadProbeData::Buffer(buffer)) => {
+                let Some(pts) = buffer.pts() else { return gst::PadProbeReturn::Ok };
+                let at = MediaTime::from_nanos(segment_at.load(Ordering::Relaxed));
+                // The span showing at the segment's position, or the next one after it.
+                let Some(span) = timeline.spans().iter().find(|s| s.end.is_none_or(|e| e > at)) else {
+                    return gst::PadProbeReturn::Drop;
+                };
+                let start = meeting_time(pts);
+                let end = start.saturating_add(buffer.duration().map_or(MediaTime::ZERO, meeting_time));
+                let Some((from, to)) = clip_to(span, start, end) else { return gst::PadProbeReturn::Drop };
+                if (from, to) != (start, end) {
+                    let buffer = buffer.make_mut();
+                    buffer.set_pts(clock_time(from));
+                    buffer.set_duration(clock_time(to.saturating_sub(from)));
+                }
+                gst::PadProbeReturn::Ok
+            }
+            _ => gst::PadProbeReturn::Ok,
+        }
+    });
+}
+
+/// The part of a frame from `start` to `end` that `span` shows; `None` when it shows none. A
+/// frame without a duration shows where it starts.
+fn clip_to(span: &Span, start: MediaTime, end: MediaTime) -> Option<(MediaTime, MediaTime)> {
+    if end == start {
+        return span.contains(start).then_some((start, end));
+    }
+    let from = start.max(span.start);
+    let to = span.end.map_or(end, |e| end.min(e));
+    (from < to).then_some((from, to))
+}
+
+/// Drops decoded audio that lies wholly outside the track's spans: what a decoder decodes
+/// from before a span starts.
 fn hide_outside_spans(decoder: &gst::Element, timeline: Timeline) {
     let Some(pad) = decoder.static_pad("src") else { return };
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, probe| {
@@ -482,4 +599,28 @@ pub(crate) fn pending_seek(appsrc: &gst_app::AppSrc, rate: f64, at: MediaTime) -
         gst::ClockTime::NONE,
     );
     appsrc.send_event(seek)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(v: i64) -> MediaTime {
+        MediaTime::from_millis(v)
+    }
+
+    #[test]
+    fn a_frame_shows_only_within_its_span() {
+        let span = Span { start: ms(12_000), end: Some(ms(20_000)), media_start: ms(7_000), file: 0 };
+        // Decoded ahead of the span, inside the span before it: hidden.
+        assert_eq!(clip_to(&span, ms(11_966), ms(12_000)), None);
+        // Starts before the span and shows into it: from the span's start.
+        assert_eq!(clip_to(&span, ms(11_990), ms(12_023)), Some((ms(12_000), ms(12_023))));
+        // Shows past the span's end: up to it; starts at its end: hidden.
+        assert_eq!(clip_to(&span, ms(19_990), ms(20_023)), Some((ms(19_990), ms(20_000))));
+        assert_eq!(clip_to(&span, ms(20_000), ms(20_033)), None);
+        // Without a duration: where it starts.
+        assert_eq!(clip_to(&span, ms(12_000), ms(12_000)), Some((ms(12_000), ms(12_000))));
+        assert_eq!(clip_to(&span, ms(11_000), ms(11_000)), None);
+    }
 }

@@ -1,9 +1,9 @@
 //! The feeder: takes a track's items from its stream subscription and pushes them into its
 //! `appsrc` with exact timestamps, honouring the source's queue limits. On the way it does
 //! what GStreamer needs and the stream layer knows nothing of: engine-decoded audio becomes
-//! PCM clipped to the seek target and the span, reordering video decoders are drained where
-//! a span ends, a preview keyframe is shown at the target, and damage and failures become
-//! player events.
+//! PCM clipped to the seek target and the span, video decoders are drained where a span ends
+//! and told where the next one starts (see [`Feeder::enter_span`]), a preview keyframe is
+//! shown at the target, and damage and failures become player events.
 //!
 //! The [`Gate`] is where seeks and data meet. appsrc calls `seek-data` on every flushing seek
 //! (and once at start-up, and when a track joins), and only there does a track learn where
@@ -27,10 +27,11 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use gstreamer_audio as gst_audio;
+use gstreamer_video as gst_video;
 
 use super::audio::AudioDecoder;
+use super::branch::span_start_event;
 use super::events::{EventSink, PlayerEvent};
-use crate::index::Codec;
 use crate::manifest::TrackKind;
 use crate::stream::{Item, Packet, SeekTicket, StartMode, Subscription, Timeline};
 use crate::time::MediaTime;
@@ -177,14 +178,11 @@ impl Gate {
 
 /// Frames a preview keyframe is shown for before the gap that follows it.
 const PREVIEW_FRAME: MediaTime = MediaTime::from_millis(40);
-/// Keyframe copies that drain a reordering decoder (see [`Feeder::drain`]).
-const DRAIN_COPIES: i64 = 3;
 
 /// What one track's feeder thread owns.
 pub(crate) struct Feeder {
     pub(crate) track: Arc<str>,
     pub(crate) kind: TrackKind,
-    pub(crate) codec: Codec,
     pub(crate) timeline: Timeline,
     /// The track's sample rate, to clip audio that starts before zero.
     pub(crate) sample_rate: u32,
@@ -203,10 +201,10 @@ struct Generation {
     target: MediaTime,
     preview: bool,
     discont: bool,
-    /// The last keyframe pushed, to drain a reordering decoder with.
-    keyframe: Option<Bytes>,
-    /// Packets were pushed since the last gap.
+    /// Video packets were pushed since the decoder was last drained.
     fed: bool,
+    /// The span whose video packets the decoder is given, once one came.
+    span: Option<usize>,
 }
 
 impl Feeder {
@@ -232,11 +230,11 @@ impl Feeder {
                 }
             }
             match tagged.item {
-                Item::Packet(packet) if current.preview => self.preview(&mut current, packet),
+                Item::Packet(packet) if current.preview => self.preview(&current, packet),
                 Item::Packet(packet) => self.packet(&mut current, packet),
                 Item::Gap { start, duration } => {
                     if std::mem::take(&mut current.fed) {
-                        self.drain(&current, start);
+                        self.drain(&current);
                     }
                     let gap =
                         gst::event::Gap::builder(clock_time(start)).duration(clock_time(duration)).build();
@@ -265,8 +263,8 @@ impl Feeder {
             return self.pcm(current, &packet);
         }
         let is_video = self.kind == TrackKind::Video;
-        if packet.keyframe && is_video {
-            current.keyframe = Some(packet.data.clone());
+        if is_video && current.span != Some(packet.span) {
+            self.enter_span(current, packet.span);
         }
         current.fed |= is_video;
         let mut clip_start = 0;
@@ -338,51 +336,58 @@ impl Feeder {
 
     /// A preview: the keyframe shown at the target, drained out of the decoder at once, then a
     /// gap.
-    fn preview(&mut self, current: &mut Generation, packet: Packet) {
+    fn preview(&mut self, current: &Generation, packet: Packet) {
         let target = current.target;
         let buffer = Buffer {
             pts: target,
             dts: Some(target),
             duration: PREVIEW_FRAME,
-            data: packet.data.clone(),
+            data: packet.data,
             keyframe: true,
             discont: true,
             decode_only: false,
             clip_start: 0,
         };
         self.push(current.number, Out::Buffer(buffer));
-        current.keyframe = Some(packet.data);
+        self.drain(current);
         let after = target.saturating_add(PREVIEW_FRAME);
-        self.drain(current, after);
         let gap =
             gst::event::Gap::builder(clock_time(after)).duration(clock_time(MediaTime::from_secs(1))).build();
         self.push(current.number, Out::Event(gap));
     }
 
-    /// Makes a reordering video decoder (H.264/H.265 hold frames back for B-frames) output
-    /// what it holds when no more data follows for a while (a span's end, a preview):
-    /// decoders drain on GAP only in key-unit trick mode, so push copies of a keyframe, which
-    /// flush their reorder buffer. The copies are decode-only and stamped from `at`.
-    fn drain(&self, current: &Generation, at: MediaTime) {
-        if !matches!(self.codec, Codec::H264 | Codec::H265) {
+    /// Makes the video decoder output every frame it holds (H.264/H.265 hold frames back for
+    /// B-frames, dav1d for its threads) when no more data follows for a while or the next data
+    /// is no continuation (a span's end, a preview). Decoders drain on GAP only in key-unit
+    /// trick mode; on a still-frame event (`GstVideoDecoder`'s `drain_out`) always. The event
+    /// goes no further than the decoder (`branch.rs`).
+    fn drain(&self, current: &Generation) {
+        if self.kind != TrackKind::Video {
             return;
         }
-        let Some(keyframe) = &current.keyframe else { return };
-        // Each copy moves the reorder buffer on by one picture; H.264 holds at most a few.
-        for i in 0..DRAIN_COPIES {
-            let pts = at.saturating_add(MediaTime::from_millis(i));
-            let buffer = Buffer {
-                pts,
-                dts: Some(pts),
-                duration: MediaTime::from_millis(1),
-                data: keyframe.clone(),
-                keyframe: true,
-                discont: false,
-                decode_only: true,
-                clip_start: 0,
-            };
-            self.push(current.number, Out::Buffer(buffer));
+        self.push(current.number, Out::Event(gst_video::StillFrameEvent::builder(true).build()));
+    }
+
+    /// The decoder is given packets of span `span` from now on. Where that span starts after
+    /// the generation's own segment does (after a gap, or right after the last span, where a
+    /// recording pause was cut out of one file), the frames it decodes from its keyframe up
+    /// to its start have times inside or before the last span's, earlier than frames already
+    /// out. GStreamer 1.22's video decoder then warns of a decreasing timestamp, restamps
+    /// them with the last frame's time and keeps rewriting times until it stops
+    /// (`gst_video_decoder_prepare_finish_frame`); it ignores `DECODE_ONLY` on input buffers.
+    /// So what the decoder holds of the last span is drained out, and a marker tells the
+    /// decoder's probes to start a segment there: that resets the decoder's last output
+    /// time, and shows each span's frames within that span alone (`branch.rs`).
+    fn enter_span(&self, current: &mut Generation, span: usize) {
+        current.span = Some(span);
+        let Some(start) = self.timeline.span(span).map(|s| s.start) else { return };
+        if start <= current.target {
+            return;
         }
+        if std::mem::take(&mut current.fed) {
+            self.drain(current);
+        }
+        self.push(current.number, Out::Event(span_start_event(start)));
     }
 
     /// Pushes into appsrc once there is room and the generation may push.

@@ -759,7 +759,6 @@ impl Inner {
         let feeder = Feeder {
             track: desc.name.clone(),
             kind: desc.kind,
-            codec: info.codec.clone(),
             timeline: desc.timeline.clone(),
             sample_rate: info.audio.map(|a| a.sample_rate).unwrap_or(48_000),
             subscription: subscription.clone(),

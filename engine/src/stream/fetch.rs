@@ -487,6 +487,9 @@ impl Fetcher {
         run.skipping = false;
         run.truncated = false;
         run.media_end = media;
+        // A span starts from its own keyframe, not where the last span left off, even in
+        // the same file (a recording pause cut out): a discontinuity for the decoder.
+        run.discont = true;
         loop {
             // Keep enough samples indexed to find presentation order and fill a request; the
             // first request's whole stretch: up to the target and a refill beyond it where

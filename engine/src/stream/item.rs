@@ -24,8 +24,8 @@ pub struct Packet {
     /// Needed to decode later packets but not to be shown: before the seek target, or past
     /// the end of its span.
     pub decode_only: bool,
-    /// Not continuous with the packet before it (the first after a seek, a gap, or damage):
-    /// decoders start afresh.
+    /// Not continuous with the packet before it (the first after a seek, a gap, a span's
+    /// start, or damage): decoders start afresh.
     pub discont: bool,
     /// Which of the track's spans ([`super::Timeline::spans`]) this packet plays in.
     pub span: usize,
