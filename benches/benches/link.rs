@@ -118,13 +118,22 @@ impl Dialer {
 fn open_ours(dialer: &Dialer, served: &Served) -> Result<Duration> {
     let log: Arc<Mutex<Vec<Rendered>>> = Arc::default();
     let start = Instant::now();
-    let (client, meeting) = dialer.meeting(served)?;
+    let client = dialer.client()?;
+    let bound = start.elapsed();
+    let meeting = dialer.runtime.block_on(Meeting::from_peer(&client, &served.peer, &served.stream))?;
+    let got = start.elapsed();
     let player = Player::open(
         meeting,
         PlayerOptions { output: ours::output(log.clone(), false), ..Default::default() },
     )?;
     player.play()?;
     let took = wait_first(&log, &served.info, start, OPEN_TIMEOUT);
+    if verbose() {
+        // Where an open's time goes: binding the endpoint, dial and `stream.get`, the rest.
+        eprintln!(
+            "ours: open: client bound in {bound:?}, stream.get answered at {got:?}, first frames at {took:?}"
+        );
+    }
     drop(player);
     dialer.runtime.block_on(client.close());
     took

@@ -4,8 +4,11 @@
 //! ```text
 //! cargo run --release -p tandem --no-default-features --features net --example packets -- \
 //!     <meeting folder | id52/meeting> [--addr ip:port] [--key FILE] \
-//!     --track NAME [--track NAME ...] --from T --to T
+//!     [--relay URL] [--pkarr URL] --track NAME [--track NAME ...] --from T --to T
 //! ```
+//!
+//! A peer is dialed at `--addr`, or found by its ID52 through n0's discovery and relays, or
+//! through your own `iroh-relay` (`--relay`) and `iroh-dns-server` (`--pkarr`), as the CLI does.
 //!
 //! Times on the meeting timeline in milliseconds; each track's packets in decode order, the
 //! tracks interleaved as the stream hands them out. A video track starts at the keyframe at or
@@ -16,7 +19,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tandem::net::{identity, Client, PeerAddr};
+use tandem::net::{identity, Client, PeerAddr, Reach};
 use tandem::stream::{Item, Meeting, MeetingStream, StreamOptions, Subscription};
 use tandem::MediaTime;
 
@@ -24,6 +27,8 @@ struct Args {
     meeting: String,
     addr: Option<SocketAddr>,
     key: Option<PathBuf>,
+    relay: Option<String>,
+    pkarr: Option<String>,
     tracks: Vec<String>,
     from: MediaTime,
     to: MediaTime,
@@ -33,6 +38,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut meeting, mut addr, mut key, mut tracks, mut from, mut to) =
         (None, None, None, Vec::new(), None, None);
+    let (mut relay, mut pkarr) = (None, None);
     let time = |v: Option<String>, flag: &str| {
         let v = v.ok_or(format!("{flag} needs a time"))?;
         MediaTime::parse(&v).ok_or(format!("{v:?} is not a time (90, 1:30.5, 1500ms)"))
@@ -44,6 +50,8 @@ fn parse_args() -> Result<Args, String> {
                 addr = Some(v.parse().map_err(|e| format!("--addr {v}: {e}"))?);
             }
             "--key" => key = Some(PathBuf::from(args.next().ok_or("--key needs a file")?)),
+            "--relay" => relay = Some(args.next().ok_or("--relay needs a URL")?),
+            "--pkarr" => pkarr = Some(args.next().ok_or("--pkarr needs a URL")?),
             "--track" => tracks.push(args.next().ok_or("--track needs a name")?),
             "--from" => from = Some(time(args.next(), "--from")?),
             "--to" => to = Some(time(args.next(), "--to")?),
@@ -51,11 +59,13 @@ fn parse_args() -> Result<Args, String> {
             other => meeting = Some(other.to_string()),
         }
     }
-    let usage = "usage: packets <meeting folder | id52/meeting> [--addr ip:port] [--key FILE] --track NAME ... --from T --to T";
+    let usage = "usage: packets <meeting folder | id52/meeting> [--addr ip:port] [--key FILE] [--relay URL] [--pkarr URL] --track NAME ... --from T --to T";
     Ok(Args {
         meeting: meeting.ok_or(usage)?,
         addr,
         key,
+        relay,
+        pkarr,
         tracks: if tracks.is_empty() { return Err(usage.into()) } else { tracks },
         from: from.ok_or(usage)?,
         to: to.ok_or(usage)?,
@@ -73,7 +83,11 @@ fn open(args: &Args) -> Result<(Option<tokio::runtime::Runtime>, Meeting), Box<d
     };
     let rt = tokio::runtime::Runtime::new()?;
     let meeting = rt.block_on(async {
-        let mut builder = Client::builder().internet(args.addr.is_none());
+        let mut builder = if args.relay.is_some() || args.pkarr.is_some() {
+            Client::builder().reach(Reach::custom(args.relay.as_deref(), args.pkarr.as_deref())?)
+        } else {
+            Client::builder().internet(args.addr.is_none())
+        };
         if let Some(key) = &args.key {
             builder = builder.secret_key(identity::load_or_create_key(key)?);
         }

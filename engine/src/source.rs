@@ -118,13 +118,6 @@ pub trait RangeSource: Send + Sync {
         self.read_range(start, len)
     }
 
-    /// The largest read this source serves quickly now (what a slow link carries in a
-    /// moment), for parsers that read ahead in windows: they take no larger ones. `None` when
-    /// any size is quick (files, memory, a fast link).
-    fn quick_read_len(&self) -> Option<u64> {
-        None
-    }
-
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -140,9 +133,6 @@ impl<T: RangeSource + ?Sized> RangeSource for &T {
     fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
         (**self).read_range_with(start, len, options)
     }
-    fn quick_read_len(&self) -> Option<u64> {
-        (**self).quick_read_len()
-    }
 }
 
 impl<T: RangeSource + ?Sized> RangeSource for std::sync::Arc<T> {
@@ -154,9 +144,6 @@ impl<T: RangeSource + ?Sized> RangeSource for std::sync::Arc<T> {
     }
     fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
         (**self).read_range_with(start, len, options)
-    }
-    fn quick_read_len(&self) -> Option<u64> {
-        (**self).quick_read_len()
     }
 }
 
@@ -186,10 +173,6 @@ impl<S: RangeSource> RangeSource for ExactReads<S> {
             return Err(SourceError::ShortRead { start, len, got: data.len() as u64 });
         }
         Ok(data)
-    }
-
-    fn quick_read_len(&self) -> Option<u64> {
-        self.0.quick_read_len()
     }
 
     fn read_range_with(&self, start: u64, len: u64, options: ReadOptions<'_>) -> Result<Bytes, SourceError> {
@@ -317,10 +300,6 @@ impl<S: RangeSource> RangeSource for CountingSource<S> {
         let data = self.inner.read_range_with(start, len, options)?;
         self.counter.count(data.len() as u64);
         Ok(data)
-    }
-
-    fn quick_read_len(&self) -> Option<u64> {
-        self.inner.quick_read_len()
     }
 }
 

@@ -484,16 +484,13 @@ impl fmt::Debug for WindowReader<'_> {
 }
 
 impl<'a> WindowReader<'a> {
-    /// Windows of `window` bytes, or smaller where the source is slow (see
-    /// [`RangeSource::quick_read_len`]): over a slow link a large window costs seconds.
     pub(crate) fn new(src: &'a dyn RangeSource, window: u64) -> WindowReader<'a> {
-        WindowReader::with_buffer(src, window, Bytes::new())
+        WindowReader { src, window: window.max(1), buf: Bytes::new(), buf_start: 0 }
     }
 
     /// A window reader whose first window is `head`, bytes already read from the start.
     pub(crate) fn with_buffer(src: &'a dyn RangeSource, window: u64, head: Bytes) -> WindowReader<'a> {
-        let window = window.min(src.quick_read_len().unwrap_or(u64::MAX)).max(1);
-        WindowReader { src, window, buf: head, buf_start: 0 }
+        WindowReader { src, window: window.max(1), buf: head, buf_start: 0 }
     }
 
     pub(crate) fn len(&self) -> u64 {

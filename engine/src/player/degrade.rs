@@ -44,9 +44,9 @@ pub(crate) struct Degrader {
     stalled_since: Option<Instant>,
     /// Per track: times degraded, and since when its lead has held (while degraded).
     tracks: HashMap<Arc<str>, (u32, Option<Instant>)>,
-    /// Per video track holding the clock: its leads through the last [`FALLING_FOR`] of
-    /// steady play, oldest first.
-    leads: HashMap<Arc<str>, VecDeque<(Instant, MediaTime)>>,
+    /// Per video track holding the clock: (when, clock, lead) through the last
+    /// [`FALLING_FOR`] of steady play, oldest first.
+    leads: HashMap<Arc<str>, VecDeque<(Instant, MediaTime, MediaTime)>>,
     last_position: Option<MediaTime>,
 }
 
@@ -133,15 +133,19 @@ impl Degrader {
             }
             let lead = until.saturating_sub(position);
             let leads = self.leads.entry(track.clone()).or_default();
-            leads.push_back((now, lead));
+            leads.push_back((now, position, lead));
             while leads.len() > 2
-                && leads.get(1).is_some_and(|(at, _)| now.duration_since(*at) >= FALLING_FOR)
+                && leads.get(1).is_some_and(|(at, _, _)| now.duration_since(*at) >= FALLING_FOR)
             {
                 leads.pop_front();
             }
-            let Some(&(then, before)) = leads.front() else { continue };
+            let Some(&(then, was_at, before)) = leads.front() else { continue };
+            // Steady play: the clock moved (a start waiting for its first frames does not, and
+            // a restart there empties the lead without the link being short).
+            let played = position.saturating_sub(was_at);
             if found.is_none()
                 && now.duration_since(then) >= FALLING_FOR
+                && played >= MediaTime::from_nanos(FALLING_FOR.as_nanos() as i64 / 2)
                 && lead < SOON_DRY
                 && before.saturating_sub(lead) >= FALLEN_BY
             {

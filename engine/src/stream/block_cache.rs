@@ -31,9 +31,6 @@ const CAPACITY: usize = 64;
 const AHEAD_MOST: u64 = 8;
 /// A read ahead holds at most what the last fetch's pace carries in this long.
 const AHEAD_TIME: f64 = 0.25;
-/// A parser's read window is at most what the last fetch's pace carries in this long (and at
-/// least a block).
-const WINDOW_TIME: f64 = 0.5;
 
 pub(crate) struct BlockCache {
     inner: Arc<dyn RangeSource>,
@@ -138,7 +135,8 @@ impl BlockCache {
         let from = first * BLOCK;
         let to = ((last + 1) * BLOCK).min(size);
         let started = std::time::Instant::now();
-        let urgent = (start + options.urgent).saturating_sub(from);
+        // The blocks' head before `start` goes with the urgent bytes, if any are urgent.
+        let urgent = if options.urgent == 0 { 0 } else { start + options.urgent - from };
         let data = self.inner.read_range_with(from, to - from, ReadOptions { urgent, ..options })?;
         tracing::debug!(start = from, len = to - from, took = ?started.elapsed(), "prefetch");
         self.note_pace(to - from, started.elapsed());
@@ -196,11 +194,6 @@ impl BlockCache {
 impl RangeSource for BlockCache {
     fn len(&self) -> u64 {
         self.inner.len()
-    }
-
-    fn quick_read_len(&self) -> Option<u64> {
-        let pace = f64::from_bits(self.pace.load(Ordering::Relaxed));
-        pace.is_finite().then(|| ((pace * WINDOW_TIME) as u64).max(BLOCK))
     }
 
     fn read_range(&self, start: u64, len: u64) -> Result<Bytes, SourceError> {

@@ -55,6 +55,12 @@ const READ_AHEAD_LEAST: u64 = 64 * 1024;
 const LATE: MediaTime = MediaTime::from_millis(100);
 /// Past a start's target, the frames a reordering decoder holds before showing the target.
 const REORDER_MARGIN: MediaTime = MediaTime::from_millis(100);
+/// Video refills wait while a subscribed audio track has less than this ahead...
+const SOUND_FIRST_LEAD: MediaTime = MediaTime::from_secs(2);
+/// ...if the video track has this much of its own...
+const SOUND_FIRST_OWN: MediaTime = MediaTime::from_secs(1);
+/// ...for this long at most at a time.
+const SOUND_FIRST_MOST: Duration = Duration::from_secs(2);
 /// A prefetch asks this much more than the mean byte rate says (keyframes are large)...
 const PREFETCH_MARGIN: f64 = 1.5;
 /// ...and at least this much.
@@ -808,6 +814,7 @@ impl Fetcher {
     /// Waits while the media handed out ahead of the cursor reaches the buffer target, in
     /// time or in bytes.
     fn wait_for_room(&mut self, run: &mut Run) -> Result<(), Flow> {
+        let asked = Instant::now();
         loop {
             let cursor = self.cursor(run);
             while run.in_flight.front().is_some_and(|(end, _)| *end <= cursor) {
@@ -815,7 +822,10 @@ impl Fetcher {
             }
             let bytes: u64 = run.in_flight.iter().map(|(_, b)| b).sum();
             self.figures.buffered_bytes.store(bytes, Ordering::Relaxed);
-            if run.sent_until.saturating_sub(cursor) < self.target() && bytes < self.buffer_bytes {
+            if run.sent_until.saturating_sub(cursor) < self.target()
+                && bytes < self.buffer_bytes
+                && !self.sound_first(cursor, asked)
+            {
                 return Ok(());
             }
             if !self.alive.load(Ordering::Relaxed) {
@@ -834,6 +844,15 @@ impl Fetcher {
                 default(POLL) => {}
             }
         }
+    }
+
+    /// A video track with a lead of its own waits while the sound runs short, for
+    /// [`SOUND_FIRST_MOST`] at most (a sound that fails to fill must not starve the picture).
+    fn sound_first(&self, cursor: MediaTime, asked: Instant) -> bool {
+        self.desc.kind == TrackKind::Video
+            && asked.elapsed() < SOUND_FIRST_MOST
+            && self.figures.buffered_until().saturating_sub(cursor) >= SOUND_FIRST_OWN
+            && self.shared.upgrade().is_some_and(|s| s.sound_runs_short(cursor, SOUND_FIRST_LEAD))
     }
 
     fn poll_commands(&self) -> Result<(), Flow> {

@@ -179,6 +179,13 @@ impl Shared {
         matches!(*lock(&self.cursor), CursorSource::Clock(_))
     }
 
+    /// Some subscribed audio track has less than `lead` fetched ahead of `cursor`: video
+    /// refills wait, so a link that cannot carry every track gives its bandwidth to the sound
+    /// (the send priority orders what a peer sends; this, what the client asks).
+    pub(crate) fn sound_runs_short(&self, cursor: MediaTime, lead: MediaTime) -> bool {
+        lock(&self.tracks).iter().any(|c| c.sound_below(cursor, lead))
+    }
+
     pub(crate) fn figures(&self, track: &Arc<str>) -> Arc<TrackFigures> {
         lock(&self.figures).entry(track.clone()).or_default().clone()
     }

@@ -4,7 +4,9 @@
 //! the fetch worker would otherwise wait for each next stretch when it gets there: a round trip
 //! and a transfer, seconds on a lossy far link, with the buffer draining meanwhile. The worker
 //! names the stretch after the one it is walking; this thread fetches it into the cache while
-//! the worker hands out what it has, so the link stays busy and the walk finds memory.
+//! the worker hands out what it has, so the link stays busy and the walk finds memory. Its
+//! reads are routine (never ahead of what playback awaits) and cancelled when the worker moves
+//! on (a seek): on a slow link one would otherwise hold the next start for seconds.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -12,7 +14,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::block_cache::BlockCache;
-use crate::source::RangeSource;
+use crate::source::{Cancel, RangeSource, ReadOptions};
 
 /// The most read ahead at once: what the block cache keeps from one read.
 pub(crate) const MOST: u64 = BlockCache::MOST_KEPT;
@@ -20,6 +22,7 @@ pub(crate) const MOST: u64 = BlockCache::MOST_KEPT;
 pub(crate) struct ReadAhead {
     wanted: Option<Sender<(u64, u64)>>,
     thread: Option<JoinHandle<()>>,
+    cancel: Arc<Cancel>,
 }
 
 impl ReadAhead {
@@ -27,11 +30,13 @@ impl ReadAhead {
     pub(crate) fn new(track: &str, cache: Arc<BlockCache>) -> ReadAhead {
         // One stretch waiting at most: a newer one replaces nothing, the worker asks again.
         let (wanted, asked) = crossbeam_channel::bounded(1);
+        let cancel = Arc::new(Cancel::new());
+        let reading = cancel.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ahead-{track}"))
-            .spawn(move || read_ahead(&cache, &asked))
+            .spawn(move || read_ahead(&cache, &asked, &reading))
             .ok();
-        ReadAhead { wanted: Some(wanted), thread }
+        ReadAhead { wanted: Some(wanted), thread, cancel }
     }
 
     /// Fetches `start..start+len` into the cache unless a stretch is already waiting.
@@ -44,12 +49,12 @@ impl ReadAhead {
     }
 }
 
-fn read_ahead(cache: &BlockCache, asked: &Receiver<(u64, u64)>) {
+fn read_ahead(cache: &BlockCache, asked: &Receiver<(u64, u64)>, cancel: &Cancel) {
     for (start, len) in asked.iter() {
         let len = len.min(cache.len().saturating_sub(start));
         if len > 0 && cache.read_cached(start, len).is_none() {
             // A failure here is the worker's to meet and report when it reads.
-            let _ = cache.read_range(start, len);
+            let _ = cache.prefetch(start, len, ReadOptions::routine(cancel));
         }
     }
 }
@@ -57,6 +62,7 @@ fn read_ahead(cache: &BlockCache, asked: &Receiver<(u64, u64)>) {
 impl Drop for ReadAhead {
     fn drop(&mut self) {
         drop(self.wanted.take());
+        self.cancel.cancel();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

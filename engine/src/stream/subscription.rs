@@ -33,6 +33,9 @@ pub(crate) struct Control {
     nudge: Sender<()>,
     /// See [`Subscription::set_catch_up`].
     catch_up: Arc<AtomicBool>,
+    /// An audio track's figures: video refills wait while its lead is short (see
+    /// [`Shared::sound_runs_short`]).
+    sound: Option<Arc<TrackFigures>>,
 }
 
 impl Control {
@@ -54,6 +57,15 @@ impl Control {
 
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+    }
+
+    /// This audio track has less than `lead` fetched ahead of `cursor` (and more to fetch).
+    pub(crate) fn sound_below(&self, cursor: MediaTime, lead: MediaTime) -> bool {
+        self.is_alive()
+            && self.sound.as_ref().is_some_and(|f| {
+                let until = f.buffered_until();
+                until != MediaTime::MAX && until.saturating_sub(cursor) < lead
+            })
     }
 }
 
@@ -191,6 +203,7 @@ impl Subscription {
             alive: alive.clone(),
             nudge: nudge_tx,
             catch_up: catch_up.clone(),
+            sound: (desc.kind == crate::manifest::TrackKind::Audio).then(|| figures.clone()),
         };
         let fetcher = Fetcher {
             desc: desc.clone(),
