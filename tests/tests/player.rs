@@ -744,7 +744,7 @@ fn a_slow_link_at_three_times_the_bitrate_plays_without_stalls() -> Result<()> {
 }
 
 #[test]
-fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()> {
+fn a_link_slower_than_the_bitrate_gives_way_or_buffers_then_plays_on_by_itself() -> Result<()> {
     let recorder = Recorder::default();
     let player = open_recorded(throttled_meeting(0.6)?, &recorder)?;
     let events = player.events();
@@ -771,12 +771,16 @@ fn a_link_slower_than_the_bitrate_buffers_then_resumes_by_itself() -> Result<()>
             _ => None,
         })
         .collect();
+    // The link must show: video gives way (before or after a stall), or playback waits.
+    // A wait must end by itself.
     let waited = buffering.iter().position(|p| *p < 100);
-    ensure!(waited.is_some(), "no buffering event on a link below the bitrate");
     ensure!(
-        buffering.iter().skip(waited.unwrap_or(0)).any(|p| *p == 100),
-        "playback never resumed: {buffering:?}"
+        waited.is_some() || !degraded.is_empty(),
+        "neither a buffering event nor a degraded track on a link below the bitrate"
     );
+    if let Some(waited) = waited {
+        ensure!(buffering.iter().skip(waited).any(|p| *p == 100), "playback never resumed: {buffering:?}");
+    }
     let advanced = player.position().saturating_sub(from);
     ensure!(advanced > MediaTime::from_secs(3), "the cursor only advanced {advanced} in 12 s");
     let mut problems = Vec::new();
