@@ -1,6 +1,12 @@
 //! Link: tandem from a peer over shaped links (issue 15): unshaped, far (80 ms, 20 Mbit/s),
-//! lossy (200 ms, 2 Mbit/s, 1 % loss) and short (80 ms, 0.8x the meeting's bitrate), made by
+//! lossy (200 ms, 2 Mbit/s, 1 % loss), short (80 ms, 0.8x the meeting's bitrate) and relayed
+//! (the far link, the peer reached by its ID52 alone through iroh's relay), made by
 //! `tandem_tests::link` (two network namespaces, IP packets delayed, paced and dropped).
+//!
+//! The relayed case runs iroh's real relay and pkarr servers in namespace b beside a server
+//! bound to b's loopback address: the client finds the peer through pkarr and every packet goes
+//! client -> link -> relay -> server, since no direct path can exist (the server's own address
+//! is b's loopback). The relay's byte count is in the details.
 //!
 //! The server (tandem's, and nginx for the baseline) runs in namespace b; everything that plays
 //! (tandem's client and player, GStreamer and the threads they start) runs on a thread inside
@@ -23,7 +29,7 @@
 //!
 //! `cargo bench -p tandem-benches --bench link` (`TANDEM_BENCH_SEEKS`, default 20 per mode;
 //! `TANDEM_BENCH_PLAY_SECS`; `TANDEM_BENCH_MINUTES`, the long meeting, at least the play;
-//! `TANDEM_BENCH_LINKS=far,lossy`, only those links; `TANDEM_BENCH_PLAY_ONLY=1`, only our play;
+//! `TANDEM_BENCH_LINKS=far,relayed`, only those links; `TANDEM_BENCH_PLAY_ONLY=1`, only our play;
 //! `TANDEM_BENCH_OURS_ONLY=1`, no GStreamer baseline; `TANDEM_BENCH_VERBOSE`, each seek, each
 //! stall and the player's events; `RUST_LOG`, tracing on stderr). With
 //! `TANDEM_BENCH_SMOKE=1`: the fixture only, 5 s of play per link; one open and one seek per
@@ -37,7 +43,7 @@ use anyhow::{Context, Result};
 use gstreamer as gst;
 use serde_json::json;
 use tandem::index::TrackIndex;
-use tandem::net::{Client, PeerAddr};
+use tandem::net::{Client, PeerAddr, Reach};
 use tandem::player::{Meeting, Player, PlayerOptions};
 use tandem::{FileSource, MediaTime};
 use tandem_benches::gst_play::{GstMeeting, GstOptions, Rendered};
@@ -48,6 +54,7 @@ use tandem_benches::seeks::{http_name as http_name_of, run_gst, run_ours, target
 use tandem_benches::tracks::{InMemoryTrack, MeetingInfo, Track};
 use tandem_benches::{bench_minutes, fixture_meeting, long_meeting, meetings_dir, ms, ours, quantile};
 use tandem_fixtures::Variant;
+use tandem_tests::internet::RelayServers;
 use tandem_tests::link::{meeting_bitrate, Namespace, ServedPeer, Shape, ShapedLink};
 
 /// How long a first frame may take before the open counts as failed.
@@ -70,6 +77,8 @@ struct LinkCase {
     play: Duration,
     /// Whether play uses the long meeting (the fixture lasts one minute).
     long_play: bool,
+    /// Whether the peer is reached through the relay (its ID52 alone) rather than dialed.
+    relayed: bool,
 }
 
 /// Where the meeting is, on both servers, and what the benchmarks know of it.
@@ -77,6 +86,8 @@ struct Served {
     info: MeetingInfo,
     stream: String,
     peer: PeerAddr,
+    /// How a client reaches `peer`: directly, or through the relay and pkarr.
+    reach: Reach,
     nginx: Nginx,
 }
 
@@ -94,11 +105,13 @@ struct Dialer {
 }
 
 impl Dialer {
-    fn client(&self) -> Result<Client> {
-        let bind = self.bind;
+    /// A fresh client that reaches `served`'s peer as it is served.
+    fn client(&self, served: &Served) -> Result<Client> {
+        let (bind, reach) = (self.bind, served.reach.clone());
         self.runtime.block_on(async move {
             Ok(Client::builder()
                 .bind(bind)
+                .reach(reach)
                 .connect_timeout(Duration::from_secs(10))
                 .request_timeout(Duration::from_secs(30))
                 .spawn()
@@ -108,7 +121,7 @@ impl Dialer {
 
     /// The meeting on the peer, through a fresh client (dial and `stream.get` included).
     fn meeting(&self, served: &Served) -> Result<(Client, Meeting)> {
-        let client = self.client()?;
+        let client = self.client(served)?;
         let meeting = self.runtime.block_on(Meeting::from_peer(&client, &served.peer, &served.stream))?;
         Ok((client, meeting))
     }
@@ -118,7 +131,7 @@ impl Dialer {
 fn open_ours(dialer: &Dialer, served: &Served) -> Result<Duration> {
     let log: Arc<Mutex<Vec<Rendered>>> = Arc::default();
     let start = Instant::now();
-    let client = dialer.client()?;
+    let client = dialer.client(served)?;
     let bound = start.elapsed();
     let meeting = dialer.runtime.block_on(Meeting::from_peer(&client, &served.peer, &served.stream))?;
     let got = start.elapsed();
@@ -536,6 +549,7 @@ struct ToServe {
     dir: PathBuf,
     stream: String,
     peer: PeerAddr,
+    reach: Reach,
     namespace: Namespace,
 }
 
@@ -543,10 +557,29 @@ impl ToServe {
     /// Starts tandem's server for the folders under `root`; `dir` is the meeting among them.
     fn start(link: &ShapedLink, root: &Path, dir: &Path) -> Result<(ServedPeer, ToServe)> {
         let server = ServedPeer::start(link.b(), root)?;
+        let peer = server.peer();
+        Ok((server, ToServe::new(link, dir, peer, Reach::direct())?))
+    }
+
+    /// The same, the server on b's loopback address (no direct path from a) and reached
+    /// through `relays`: the client gets its ID52 alone.
+    fn start_relayed(
+        link: &ShapedLink,
+        root: &Path,
+        dir: &Path,
+        relays: &RelayServers,
+    ) -> Result<(ServedPeer, ToServe)> {
+        let reach = Reach::custom(Some(&relays.relay_url()), Some(&relays.pkarr_url()))?;
+        let bind = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+        let server = ServedPeer::start_on(link.b(), root, bind, reach.clone())?;
+        relays.wait_published(&server.id52, Duration::from_secs(20))?;
+        let peer = PeerAddr::new(server.id52.clone(), None);
+        Ok((server, ToServe::new(link, dir, peer, reach)?))
+    }
+
+    fn new(link: &ShapedLink, dir: &Path, peer: PeerAddr, reach: Reach) -> Result<ToServe> {
         let stream = dir.file_name().and_then(|n| n.to_str()).context("meeting folder name")?.to_string();
-        let to_serve =
-            ToServe { dir: dir.to_path_buf(), stream, peer: server.peer(), namespace: link.b().clone() };
-        Ok((server, to_serve))
+        Ok(ToServe { dir: dir.to_path_buf(), stream, peer, reach, namespace: link.b().clone() })
     }
 
     /// Starts nginx in namespace b; called from inside namespace a, where its readiness check
@@ -554,7 +587,13 @@ impl ToServe {
     fn with_nginx(self) -> Result<Served> {
         let ns = &self.namespace;
         let nginx = Nginx::serve_on(&self.dir, ns.addr(), |binary| ns.command(binary))?;
-        Ok(Served { info: MeetingInfo::load(&self.dir)?, stream: self.stream, peer: self.peer, nginx })
+        Ok(Served {
+            info: MeetingInfo::load(&self.dir)?,
+            stream: self.stream,
+            peer: self.peer,
+            reach: self.reach,
+            nginx,
+        })
     }
 }
 
@@ -598,25 +637,45 @@ fn main() -> Result<()> {
         ("far", Shape::far()),
         ("lossy", Shape::lossy()),
         ("short", Shape::short(bitrate)),
+        ("relayed", Shape::far()),
     ]
     .into_iter()
     .filter(|(name, _)| only.as_ref().is_none_or(|only| only.iter().any(|o| o == name)));
     let cases: Vec<LinkCase> = links
         .map(|(name, shape)| {
             let slow = name == "lossy" || name == "short";
+            let relayed = name == "relayed";
             if smoke() {
                 // Well under 2 minutes in all: the slow links (an open there takes 8-15 s) only
                 // play ours (the play's open is not timed).
                 let (opens, seeks) = (usize::from(!slow), usize::from(!slow));
-                LinkCase { name, shape, opens, seeks, baseline: !slow, play: secs(5), long_play: false }
+                LinkCase {
+                    name,
+                    shape,
+                    opens,
+                    seeks,
+                    baseline: !slow,
+                    play: secs(5),
+                    long_play: false,
+                    relayed,
+                }
             } else {
                 // Capped below at the meeting's end less 5 s (55 s for the fixture).
                 let play = if name == "far" || name == "lossy" { secs(play_secs) } else { secs(60) };
                 let long_play = name == "far" || name == "lossy";
                 if play_only {
-                    return LinkCase { name, shape, opens: 0, seeks: 0, baseline: false, play, long_play };
+                    return LinkCase {
+                        name,
+                        shape,
+                        opens: 0,
+                        seeks: 0,
+                        baseline: false,
+                        play,
+                        long_play,
+                        relayed,
+                    };
                 }
-                LinkCase { name, shape, opens: 3, seeks, baseline: !ours_only, play, long_play }
+                LinkCase { name, shape, opens: 3, seeks, baseline: !ours_only, play, long_play, relayed }
             }
         })
         .collect();
@@ -624,6 +683,16 @@ fn main() -> Result<()> {
     let (_fixture_server, fixture_to_serve) = ToServe::start(&link, &fixtures_root, &fixture_dir)?;
     let long_root = long_dir.parent().context("long meeting's root")?.to_path_buf();
     let (_long_server, long_to_serve) = ToServe::start(&link, &long_root, &long_dir)?;
+    // The relay and its peer only when a relayed case runs.
+    let relays = match cases.iter().any(|c| c.relayed) {
+        true => Some(Arc::new(RelayServers::start(link.b().name(), link.b().addr())?)),
+        false => None,
+    };
+    let relayed_to_serve = match &relays {
+        Some(relays) => Some(ToServe::start_relayed(&link, &fixtures_root, &fixture_dir, relays)?),
+        None => None,
+    };
+    let (_relayed_server, relayed_to_serve) = relayed_to_serve.unzip();
     println!(
         "link: the committed meeting ({:.2} Mbit/s) from a peer in another namespace, {} links",
         bitrate as f64 / 1e6,
@@ -631,6 +700,7 @@ fn main() -> Result<()> {
     );
     let names: Vec<&str> = cases.iter().map(|c| c.name).collect();
     let inside = link.clone();
+    let relay_counter = relays.clone();
     let bind = std::net::SocketAddr::from((link.a().addr(), 0));
     // Everything that plays runs inside namespace a, threads started there included.
     let measured = link.a().run(move || -> Result<Vec<Measured>> {
@@ -639,11 +709,23 @@ fn main() -> Result<()> {
         let dialer = Dialer { runtime, bind };
         let fixture = fixture_to_serve.with_nginx()?;
         let long = long_to_serve.with_nginx()?;
+        let relayed = relayed_to_serve.map(ToServe::with_nginx).transpose()?;
         let videos: Vec<InMemoryTrack> =
             fixture.info.videos().map(InMemoryTrack::load).collect::<Result<_>>()?;
         cases
             .iter()
-            .map(|case| bench_link(case, &inside, &dialer, &fixture, &long, &videos, &fixture_dir))
+            .map(|case| {
+                let Some(relays) = relay_counter.as_ref().filter(|_| case.relayed) else {
+                    return bench_link(case, &inside, &dialer, &fixture, &long, &videos, &fixture_dir);
+                };
+                let served = relayed.as_ref().context("the relayed peer")?;
+                let before = relays.relayed_bytes();
+                let mut measured = bench_link(case, &inside, &dialer, served, served, &videos, &fixture_dir)?;
+                let relayed_bytes = relays.relayed_bytes() - before;
+                println!("{}: the relay passed {relayed_bytes} bytes", case.name);
+                measured.details["relayed_bytes"] = json!(relayed_bytes);
+                Ok(measured)
+            })
             .collect()
     })??;
     let mut figures = Vec::new();

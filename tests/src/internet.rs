@@ -46,6 +46,15 @@ pub struct Hub {
     pub netns: String,
     pub a: Peer,
     pub b: Peer,
+    servers: Option<RelayServers>,
+}
+
+/// iroh's relay and pkarr servers, run by this process on one address inside a namespace
+/// (a thread there with its own runtime), until dropped.
+#[derive(Debug)]
+pub struct RelayServers {
+    netns: String,
+    addr: Ipv4Addr,
     relay_metrics: Arc<iroh_relay::server::Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -94,14 +103,7 @@ impl Hub {
         let a = Peer { netns: format!("{id}a"), addr: Ipv4Addr::new(10, 77, 1, 2) };
         let b = Peer { netns: format!("{id}b"), addr: Ipv4Addr::new(10, 77, 2, 2) };
         // From here on Drop cleans up whatever was made.
-        let mut this = Hub {
-            netns: hub.clone(),
-            a: a.clone(),
-            b: b.clone(),
-            relay_metrics: Arc::default(),
-            stop: None,
-            thread: None,
-        };
+        let mut this = Hub { netns: hub.clone(), a: a.clone(), b: b.clone(), servers: None };
         for ns in [&hub, &a.netns, &b.netns] {
             ip(&["netns", "add", ns])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -130,16 +132,67 @@ impl Hub {
             // The hub only: no default route, so the other peer's subnet is unreachable.
             ip(&["-n", &peer.netns, "route", "add", &format!("{HUB_ADDR}/32"), "via", &gateway])?;
         }
+        this.servers = Some(RelayServers::start(&hub, HUB_ADDR)?);
+        Ok(this)
+    }
+
+    /// The relay's URL, as both peers reach it.
+    pub fn relay_url(&self) -> String {
+        self.servers().relay_url()
+    }
+
+    /// The pkarr relay's URL (publish and resolve).
+    pub fn pkarr_url(&self) -> String {
+        self.servers().pkarr_url()
+    }
+
+    /// Bytes of packets the relay has passed from one client to another.
+    pub fn relayed_bytes(&self) -> u64 {
+        self.servers().relayed_bytes()
+    }
+
+    /// `program args` inside `peer`'s namespace.
+    pub fn command(&self, peer: &Peer, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &peer.netns]).arg(program);
+        c
+    }
+
+    /// Waits until `id52` is published with a home relay; returns that relay's URL.
+    pub fn wait_published(&self, id52: &str, timeout: Duration) -> Result<String> {
+        self.servers().wait_published(id52, timeout)
+    }
+
+    fn servers(&self) -> &RelayServers {
+        self.servers.as_ref().expect("a started hub has its servers")
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        // The servers stop before their namespace goes.
+        drop(self.servers.take());
+        for ns in [&self.a.netns, &self.b.netns, &self.netns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+impl RelayServers {
+    /// Starts both servers on `addr` (which must be an address of namespace `netns`): the
+    /// relay on [`RELAY_PORT`], the pkarr relay on [`PKARR_PORT`]; a second or less.
+    pub fn start(netns: &str, addr: Ipv4Addr) -> Result<RelayServers> {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let inside = netns.to_string();
         let thread = std::thread::spawn(move || {
             let served = ready_tx.clone();
             let run = move || -> Result<()> {
-                enter_netns(&hub)?;
+                enter_netns(&inside)?;
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 rt.block_on(async move {
-                    let relay = spawn_relay().await?;
-                    let dns = spawn_pkarr().await?;
+                    let relay = spawn_relay(addr).await?;
+                    let dns = spawn_pkarr(addr).await?;
                     let _ = served.send(Ok(relay.metrics().server.clone()));
                     let _ = stop_rx.await;
                     let _ = dns.shutdown().await;
@@ -151,36 +204,34 @@ impl Hub {
                 let _ = ready_tx.send(Err(e));
             }
         });
-        this.stop = Some(stop_tx);
-        this.thread = Some(thread);
-        let metrics = ready_rx
+        // From here on Drop stops the thread, whatever happens.
+        let mut this = RelayServers {
+            netns: netns.to_string(),
+            addr,
+            relay_metrics: Arc::default(),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        this.relay_metrics = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .context("the relay and pkarr servers did not start within 20 s")??;
-        this.relay_metrics = metrics;
         Ok(this)
     }
 
-    /// The relay's URL, as both peers reach it.
+    /// The relay's URL.
     pub fn relay_url(&self) -> String {
-        format!("http://{HUB_ADDR}:{RELAY_PORT}")
+        format!("http://{}:{RELAY_PORT}", self.addr)
     }
 
     /// The pkarr relay's URL (publish and resolve).
     pub fn pkarr_url(&self) -> String {
-        format!("http://{HUB_ADDR}:{PKARR_PORT}/pkarr")
+        format!("http://{}:{PKARR_PORT}/pkarr", self.addr)
     }
 
     /// Bytes of packets the relay has passed from one client to another (QUIC and iroh's
     /// path messages alike).
     pub fn relayed_bytes(&self) -> u64 {
         self.relay_metrics.bytes_sent.get()
-    }
-
-    /// `program args` inside `peer`'s namespace.
-    pub fn command(&self, peer: &Peer, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &peer.netns]).arg(program);
-        c
     }
 
     /// Waits until `id52`'s signed record on the pkarr relay names a home relay (what a
@@ -211,7 +262,7 @@ impl Hub {
     }
 }
 
-impl Drop for Hub {
+impl Drop for RelayServers {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -219,18 +270,15 @@ impl Drop for Hub {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        for ns in [&self.a.netns, &self.b.netns, &self.netns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
     }
 }
 
 /// `iroh-relay --dev`: relaying over plain HTTP, no TLS, no QUIC address discovery.
-async fn spawn_relay() -> Result<iroh_relay::server::Server> {
+async fn spawn_relay(addr: Ipv4Addr) -> Result<iroh_relay::server::Server> {
     use iroh_relay::server::{AccessConfig, RelayConfig, Server, ServerConfig};
     let config: ServerConfig<(), ()> = ServerConfig {
         relay: Some(RelayConfig {
-            http_bind_addr: SocketAddr::new(IpAddr::V4(HUB_ADDR), RELAY_PORT),
+            http_bind_addr: SocketAddr::new(IpAddr::V4(addr), RELAY_PORT),
             tls: None,
             limits: Default::default(),
             key_cache_capacity: Some(1024),
@@ -243,15 +291,15 @@ async fn spawn_relay() -> Result<iroh_relay::server::Server> {
 }
 
 /// `iroh-dns-server` with an in-memory store: its pkarr relay over HTTP, its DNS on UDP.
-async fn spawn_pkarr() -> Result<iroh_dns_server::server::Server> {
+async fn spawn_pkarr(addr: Ipv4Addr) -> Result<iroh_dns_server::server::Server> {
     use iroh_dns_server::config::{Config, MetricsConfig};
     use iroh_dns_server::dns::DnsConfig;
     use iroh_dns_server::http::{HttpConfig, RateLimitConfig};
     let defaults = Config::default();
     let config = Config {
-        http: Some(HttpConfig { port: PKARR_PORT, bind_addr: Some(IpAddr::V4(HUB_ADDR)) }),
+        http: Some(HttpConfig { port: PKARR_PORT, bind_addr: Some(IpAddr::V4(addr)) }),
         https: None,
-        dns: DnsConfig { port: DNS_PORT, bind_addr: Some(IpAddr::V4(HUB_ADDR)), ..defaults.dns },
+        dns: DnsConfig { port: DNS_PORT, bind_addr: Some(IpAddr::V4(addr)), ..defaults.dns },
         metrics: Some(MetricsConfig::disabled()),
         pkarr_put_rate_limit: RateLimitConfig::Disabled,
         ..defaults

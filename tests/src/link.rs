@@ -577,6 +577,16 @@ pub struct ServedPeer {
 impl ServedPeer {
     /// Serves `root` on the namespace's address (relays and discovery off).
     pub fn start(ns: &Namespace, root: &Path) -> Result<ServedPeer, LinkError> {
+        ServedPeer::start_on(ns, root, std::net::SocketAddr::from((ns.addr, 0)), tandem::net::Reach::direct())
+    }
+
+    /// Serves `root` bound to `bind` (an address of the namespace), reached as `reach` says.
+    pub fn start_on(
+        ns: &Namespace,
+        root: &Path,
+        bind: std::net::SocketAddr,
+        reach: tandem::net::Reach,
+    ) -> Result<ServedPeer, LinkError> {
         let fail = {
             let (root, namespace) = (root.display().to_string(), ns.name.clone());
             move |reason: String| LinkError::Serve {
@@ -587,7 +597,7 @@ impl ServedPeer {
         };
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let (root_owned, bind) = (root.to_path_buf(), std::net::SocketAddr::from((ns.addr, 0)));
+        let root_owned = root.to_path_buf();
         let thread = ns.spawn(move || {
             let runtime =
                 match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
@@ -596,7 +606,7 @@ impl ServedPeer {
                 };
             let server = runtime.block_on(async {
                 let provider = tandem::net::FolderProvider::new(&root_owned)?;
-                provider.server_builder().bind(bind).internet(false).spawn().await
+                provider.server_builder().bind(bind).reach(reach).spawn().await
             });
             let server = match server {
                 Ok(s) => s,
