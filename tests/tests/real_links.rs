@@ -116,8 +116,10 @@ fn a_link_short_of_the_meeting_bitrate_costs_video_not_the_sound() -> Result<()>
         Duration::from_secs(45),
         Some((Duration::from_secs(32), Shape::loopback())),
     )?;
-    // The first seconds are the start (the meeting opens, the buffers fill): judged after.
-    let from = watched.played_from + Duration::from_secs(6);
+    // Judged from 2 s after the first sound (the buffers fill before), so bob_video's camera
+    // turning on at 0:05 is inside: a picture that was not there must not stop the sound.
+    let first_heard = watched.audio.first().map_or(watched.played_from, |a| a.at);
+    let from = first_heard + Duration::from_secs(2);
     let to = watched.played_from + Duration::from_secs(28);
     let silent = silent_time(&watched.audio, from, to);
     let heard: MediaTime = watched

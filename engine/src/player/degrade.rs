@@ -5,7 +5,10 @@
 //!
 //! A video track gives way before it stalls the clock when its lead has fallen through
 //! [`FALLING_FOR`] of steady play and is about to run out: it is fetched slower than it plays,
-//! so the link is short. Otherwise it is degraded after playback has waited on it for
+//! so the link is short. A video track about to enter a span (a camera turned on) without
+//! its first frame gives way likewise, before the clock reaches the span: its keyframe was
+//! asked for a buffer's length ahead, so the link is short, and the meeting does not wait for
+//! a picture that was not there a moment ago. Otherwise it is degraded after playback has waited on it for
 //! [`DEGRADE_AFTER`] while every audio track was ready: a short wait stays a wait (a seek, a
 //! moment of loss). Once the link has shown it is short (a track is degraded), another video
 //! track about to run dry gives way at once. A degraded track recovers
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 use super::events::PlayerEvent;
 use super::{clock, lock, Inner, Runtime};
 use crate::manifest::TrackKind;
+use crate::stream::Place;
 use crate::time::MediaTime;
 
 /// How long playback waits on a video track, the audio ready, before it plays on without it.
@@ -63,7 +67,7 @@ impl Degrader {
         self.last_position = Some(position);
         if buffering || jumped {
             self.leads.clear();
-        } else if let Some(track) = self.falling(inner, position) {
+        } else if let Some(track) = self.falling(inner, position).or_else(|| entering(inner, position)) {
             self.tracks.entry(track.clone()).or_default().0 += 1;
             inner.set_degraded(&track, true, position);
             self.leads.remove(&track);
@@ -154,6 +158,24 @@ impl Degrader {
         }
         found.filter(|_| inner.audio_ready(position))
     }
+}
+
+/// A video track whose next span begins within [`SOON_DRY`] of `position` with nothing of
+/// that span fetched yet, while the audio is ready and the clock plays on (not a start).
+fn entering(inner: &Inner, position: MediaTime) -> Option<Arc<str>> {
+    if inner.starting().is_some() || !inner.audio_ready(position) {
+        return None;
+    }
+    let stats = inner.media_stats();
+    inner.subscribed_descs().into_iter().find_map(|desc| {
+        if desc.kind != TrackKind::Video || inner.is_degraded(&desc.name) {
+            return None;
+        }
+        let Place::Idle { next } = desc.timeline.place(position) else { return None };
+        let begins = desc.timeline.span(next)?.start;
+        let until = stats.iter().find(|(name, _)| *name == desc.name)?.1.buffered_until();
+        (begins <= position.saturating_add(SOON_DRY) && until <= begins).then_some(desc.name)
+    })
 }
 
 impl Inner {

@@ -167,6 +167,9 @@ struct Run {
     target: MediaTime,
     /// End (meeting time) of what was handed out so far.
     sent_until: MediaTime,
+    /// End (meeting time) of the media handed out so far, gaps left out: what the track has
+    /// of its own to play.
+    media_until: MediaTime,
     /// (end, bytes) of packets handed out, for the bytes ahead of the cursor.
     in_flight: VecDeque<(MediaTime, u64)>,
     discont: bool,
@@ -254,6 +257,7 @@ impl Fetcher {
             ticket: start.ticket,
             target: start.target,
             sent_until: start.target,
+            media_until: start.target,
             in_flight: VecDeque::new(),
             discont: true,
             last_duration: MediaTime::from_millis(20),
@@ -765,6 +769,7 @@ impl Fetcher {
         }
         if bytes > 0 {
             run.in_flight.push_back((end, bytes));
+            run.media_until = run.media_until.max(end);
         }
     }
 
@@ -824,7 +829,7 @@ impl Fetcher {
             self.figures.buffered_bytes.store(bytes, Ordering::Relaxed);
             if run.sent_until.saturating_sub(cursor) < self.target()
                 && bytes < self.buffer_bytes
-                && !self.sound_first(cursor, asked)
+                && !self.sound_first(cursor, run.media_until, asked)
             {
                 return Ok(());
             }
@@ -846,12 +851,14 @@ impl Fetcher {
         }
     }
 
-    /// A video track with a lead of its own waits while the sound runs short, for
-    /// [`SOUND_FIRST_MOST`] at most (a sound that fails to fill must not starve the picture).
-    fn sound_first(&self, cursor: MediaTime, asked: Instant) -> bool {
+    /// A video track with a lead of its own (media until `media_until`: a gap before its
+    /// next span costs the link nothing and is no lead, or the span's first frames would wait)
+    /// waits while the sound runs short, for [`SOUND_FIRST_MOST`] at most (a sound that fails
+    /// to fill must not starve the picture).
+    fn sound_first(&self, cursor: MediaTime, media_until: MediaTime, asked: Instant) -> bool {
         self.desc.kind == TrackKind::Video
             && asked.elapsed() < SOUND_FIRST_MOST
-            && self.figures.buffered_until().saturating_sub(cursor) >= SOUND_FIRST_OWN
+            && media_until.saturating_sub(cursor) >= SOUND_FIRST_OWN
             && self.shared.upgrade().is_some_and(|s| s.sound_runs_short(cursor, SOUND_FIRST_LEAD))
     }
 
