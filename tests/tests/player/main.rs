@@ -9,6 +9,7 @@ use anyhow::{ensure, Result};
 use rand::{Rng, SeedableRng};
 use tandem::player::{Meeting, Player, PlayerOptions, SeekMode};
 use tandem::MediaTime;
+#[path = "../net_common/mod.rs"]
 mod net_common;
 
 use tandem_tests::fixture_meeting;
