@@ -11,6 +11,7 @@
 
 pub mod internet;
 pub mod link;
+pub mod meetings;
 pub mod player;
 pub mod s3;
 
