@@ -12,6 +12,7 @@ use anyhow::{ensure, Context, Result};
 use common::{meeting_replay, stamp_at};
 use tandem::MediaTime;
 use tandem_tests::fixture_meeting;
+use tandem_tests::meetings::paused_meeting;
 use tandem_tests::player::{video_oracle, TrackFrames};
 
 const FPS: u64 = 30;
@@ -171,37 +172,10 @@ fn a_clip_exported_from_a_peer_over_loopback_is_in_sync() -> Result<()> {
     check_clip(&clip, &oracle, (8_000, 12_000), (1280, 720), &grid_tiles())
 }
 
-/// The fixture meeting's cameras and audio, each camera with a recording pause cut out of
-/// its file: two adjacent segments of one file, the second from a media time between
-/// keyframes, so the frames it decodes from its keyframe fall in the first one's time.
-fn paused_meeting(root: &Path) -> Result<std::path::PathBuf> {
-    let src = fixture_meeting("meeting");
-    let dir = root.join("paused");
-    std::fs::create_dir_all(&dir)?;
-    for file in ["alice_video.mp4", "bob_video.webm", "mixed_audio.ogg"] {
-        std::fs::copy(src.join(file), dir.join(file))?;
-    }
-    let manifest = serde_json::json!({
-        "name": "paused", "duration_ms": 60000,
-        "tracks": [
-            {"name": "alice_video", "kind": "video", "role": "camera", "participant": "alice", "segments": [
-                {"file": "alice_video.mp4", "start_ms": 0, "end_ms": 6000},
-                {"file": "alice_video.mp4", "start_ms": 6000, "media_start_ms": 9000}]},
-            {"name": "bob_video", "kind": "video", "role": "camera", "participant": "bob", "segments": [
-                {"file": "bob_video.webm", "start_ms": 5000, "end_ms": 8000},
-                {"file": "bob_video.webm", "start_ms": 8000, "media_start_ms": 10000}]},
-            {"name": "mixed_audio", "kind": "audio", "role": "mixed_audio", "segments": [
-                {"file": "mixed_audio.ogg", "start_ms": 0}]}
-        ]
-    });
-    std::fs::write(dir.join("meeting.json"), serde_json::to_string_pretty(&manifest)?)?;
-    Ok(dir)
-}
-
 #[test]
 fn a_clip_across_a_pause_cut_out_of_one_file_shows_each_frame_where_its_segment_puts_it() -> Result<()> {
     let out = tempfile::tempdir()?;
-    let dir = paused_meeting(out.path())?;
+    let dir = paused_meeting(out.path(), &["alice_video", "bob_video", "mixed_audio"])?;
     let oracle = video_oracle(&dir)?;
     // alice, H.264 with B-frames in MP4: media 9 s at 6 s, decoded from its keyframe at 8 s;
     // bob, VP8 in WebM: media 10 s at 8 s, decoded from its keyframe at 8.417 s.

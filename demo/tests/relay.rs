@@ -7,40 +7,21 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use common::Child;
 use tandem_tests::internet::{Hub, Peer};
+use tandem_tests::process::run_bounded;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meeting-replay");
 
 /// `meeting-replay args` in `peer`, killed if it runs past `limit`.
 fn run_in(hub: &Hub, peer: &Peer, args: &[&str], limit: Duration) -> Result<Output> {
-    let child = hub
-        .command(peer, BIN)
-        .args(args)
-        .env_remove("DISPLAY")
-        .env_remove("WAYLAND_DISPLAY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting meeting-replay")?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            // Our own child, by its id.
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-            bail!("meeting-replay {args:?} ran past {limit:?}")
-        }
-    }
+    let mut command = hub.command(peer, BIN);
+    command.args(args).env_remove("DISPLAY").env_remove("WAYLAND_DISPLAY");
+    run_bounded(command, limit).with_context(|| format!("meeting-replay {args:?}"))
 }
 
 fn text(out: &Output) -> String {

@@ -6,12 +6,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::{meeting_replay, Child};
 use tandem_tests::fixture_meeting;
+use tandem_tests::process::run_bounded;
 use tandem_tests::s3::{stalled_endpoint, S3Server};
 
 const BUCKET: &str = "meetings";
@@ -191,21 +192,4 @@ fn serve_s3_names_a_missing_bucket_and_gives_up_on_a_stalled_endpoint_in_seconds
     let out = run(&["info", &format!("{id52}/retro"), "--addr", &addr])?;
     ensure!(!out.status.success() && text(&out).contains("no stream \"retro\""), "{}", text(&out));
     Ok(())
-}
-
-/// Runs `command` to its end, killed (by its own id) if it runs past `limit`.
-fn run_bounded(mut command: Command, limit: Duration) -> Result<Output> {
-    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => Ok(out?),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            anyhow::bail!("{command:?} ran past {limit:?}")
-        }
-    }
 }

@@ -11,7 +11,9 @@
 
 pub mod internet;
 pub mod link;
+pub mod meetings;
 pub mod player;
+pub mod process;
 pub mod s3;
 
 use std::path::{Path, PathBuf};

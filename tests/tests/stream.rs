@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use tandem::manifest::{Manifest, TrackKind};
 use tandem::stream::{Item, Meeting, MeetingStream, Packet, StreamOptions, Subscription};
 use tandem::MediaTime;
+use tandem_tests::meetings::{paused_meeting, split_meeting};
 use tandem_tests::{ffmpeg, ffprobe_packets, fixture_meeting};
 
 mod net_common;
@@ -132,35 +133,6 @@ fn every_packet_from_a_loopback_peer_matches_ffprobe() -> Result<()> {
     Ok(())
 }
 
-/// A meeting whose camera is in two files (a camera stopped and started again) and whose
-/// mixed audio is in two files (a recording pause), cut from the committed fixtures with
-/// ffmpeg: `meeting.json` places each file by its own segment.
-fn split_meeting(root: &std::path::Path) -> Result<std::path::PathBuf> {
-    let src = fixture_meeting("meeting");
-    let dir = root.join("split");
-    std::fs::create_dir_all(&dir)?;
-    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
-    let bob = s(&src.join("bob_video.webm"));
-    ffmpeg(&["-i", &bob, "-t", "20", "-c", "copy", &s(&dir.join("bob_1.webm"))])?;
-    ffmpeg(&["-ss", "24", "-i", &bob, "-c", "copy", &s(&dir.join("bob_2.webm"))])?;
-    let audio = s(&fixture_meeting("meeting-webrtc").join("mixed_audio.opus"));
-    ffmpeg(&["-i", &audio, "-t", "9", "-c", "copy", "-f", "ogg", &s(&dir.join("voice_1.opus"))])?;
-    ffmpeg(&["-ss", "11", "-i", &audio, "-c", "copy", "-f", "ogg", &s(&dir.join("voice_2.opus"))])?;
-    let manifest = serde_json::json!({
-        "name": "split", "duration_ms": 60000,
-        "tracks": [
-            {"name": "bob_video", "kind": "video", "role": "camera", "participant": "bob", "segments": [
-                {"file": "bob_1.webm", "start_ms": 5000, "end_ms": 19000},
-                {"file": "bob_2.webm", "start_ms": 27000, "end_ms": 45000}]},
-            {"name": "mixed_audio", "kind": "audio", "role": "mixed_audio", "segments": [
-                {"file": "voice_1.opus", "start_ms": 0, "end_ms": 8500},
-                {"file": "voice_2.opus", "start_ms": 33000}]}
-        ]
-    });
-    std::fs::write(dir.join("meeting.json"), serde_json::to_string_pretty(&manifest)?)?;
-    Ok(dir)
-}
-
 #[test]
 fn a_track_in_several_files_plays_each_file_where_its_segment_puts_it() -> Result<()> {
     let root = tempfile::tempdir()?;
@@ -239,35 +211,10 @@ fn after_a_seek_each_video_track_starts_at_its_keyframe_at_or_before_the_target(
     Ok(())
 }
 
-/// A meeting whose two cameras each had a recording pause cut out of one file: two adjacent
-/// segments of the same file, the second from a media time between keyframes (bob's VP8 in
-/// WebM, alice's H.264 with B-frames in MP4, with an edit list).
-fn paused_meeting(root: &std::path::Path) -> Result<std::path::PathBuf> {
-    let src = fixture_meeting("meeting");
-    let dir = root.join("paused");
-    std::fs::create_dir_all(&dir)?;
-    for file in ["bob_video.webm", "alice_video.mp4"] {
-        std::fs::copy(src.join(file), dir.join(file))?;
-    }
-    let manifest = serde_json::json!({
-        "name": "paused", "duration_ms": 60000,
-        "tracks": [
-            {"name": "bob_video", "kind": "video", "role": "camera", "participant": "bob", "segments": [
-                {"file": "bob_video.webm", "start_ms": 5000, "end_ms": 8000},
-                {"file": "bob_video.webm", "start_ms": 8000, "media_start_ms": 10000}]},
-            {"name": "alice_video", "kind": "video", "role": "camera", "participant": "alice", "segments": [
-                {"file": "alice_video.mp4", "start_ms": 0, "end_ms": 6000},
-                {"file": "alice_video.mp4", "start_ms": 6000, "media_start_ms": 9000}]}
-        ]
-    });
-    std::fs::write(dir.join("meeting.json"), serde_json::to_string_pretty(&manifest)?)?;
-    Ok(dir)
-}
-
 #[test]
 fn a_segment_right_after_another_of_the_same_file_starts_at_its_keyframe_as_a_discontinuity() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let dir = paused_meeting(root.path())?;
+    let dir = paused_meeting(root.path(), &["bob_video", "alice_video"])?;
     let manifest = Manifest::load(&dir)?;
     let stream = MeetingStream::open(Meeting::from_folder(&dir)?, StreamOptions::default());
     for track in &manifest.tracks {
