@@ -29,6 +29,9 @@
 //! | `clock`     | the cursor's events: spans, captions, buffering                     |
 //! | `degrade`   | video that gives way when the link cannot carry every track          |
 //! | `events`    | the event stream                                                     |
+//! | `tracks`    | a track opened, joined to the pipeline, removed                      |
+//! | `bus`       | the pipeline's bus: a track's error, the meeting's end               |
+//! | `error`     | `PlayerError`                                                        |
 //!
 //! # Known limits
 //! - Pausing within about 100 ms of a flushing seek's preroll has been seen (on GStreamer
@@ -57,7 +60,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -67,9 +70,11 @@ use gstreamer::prelude::*;
 
 mod audio;
 mod branch;
+mod bus;
 mod clock;
 mod degrade;
 mod elements;
+mod error;
 mod events;
 mod export;
 mod feeder;
@@ -78,71 +83,26 @@ mod output;
 mod seek;
 mod stats;
 mod tempo;
+mod tracks;
 mod window;
 
 pub use crate::stream::{Meeting, Place, Span, Timeline, TrackDesc};
+pub use error::PlayerError;
 pub use events::PlayerEvent;
 pub use export::{compose_grid, export_mp4, ExportLayout, ExportOptions, ExportProgress, RgbImage};
 pub use output::{AudioCallback, AudioChunk, Output, VideoCallback, VideoFrame};
 pub use seek::SeekMode;
 pub use stats::TrackStats;
 
-use branch::Branch;
+use bus::spawn_bus_watch;
 use events::EventSink;
-use feeder::{clock_time, Feeder, Gate};
-use output::SinkContext;
 use seek::SeekTracker;
+use tracks::{Opened, Runtime};
 
-use crate::index::{IndexError, TrackInfo};
-use crate::manifest::{ManifestError, Role, TrackKind};
-use crate::stream::{
-    Cue, Item, MeetingStream, SeekTicket, StartMode, StreamError, StreamOptions, Subscription,
-};
+use crate::index::TrackInfo;
+use crate::manifest::{Role, TrackKind};
+use crate::stream::{Cue, MeetingStream, StreamError, StreamOptions};
 use crate::time::MediaTime;
-
-/// Why the player could not do what it was asked: what the stream says, or GStreamer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PlayerError {
-    /// Reading the meeting: its manifest, an index, the peer, a track.
-    #[error(transparent)]
-    Stream(#[from] StreamError),
-    #[error("track {track}: {what}")]
-    Unsupported { track: String, what: String },
-    #[error("GStreamer: {0}")]
-    Gst(String),
-    #[error("the GStreamer element {factory} is missing: install the Debian package {package} (scripts/install-deps.sh installs every one tandem needs)")]
-    MissingElement { factory: String, package: &'static str },
-    #[error("rate {0} is outside 0.5 to 2")]
-    Rate(f64),
-}
-
-impl PlayerError {
-    pub(crate) fn unknown_track(name: impl Into<String>) -> PlayerError {
-        StreamError::UnknownTrack(name.into()).into()
-    }
-    pub(crate) fn open(track: impl Into<String>, message: impl Into<String>) -> PlayerError {
-        StreamError::Open { track: track.into(), message: message.into() }.into()
-    }
-}
-
-impl From<ManifestError> for PlayerError {
-    fn from(e: ManifestError) -> Self {
-        StreamError::from(e).into()
-    }
-}
-
-impl From<IndexError> for PlayerError {
-    fn from(e: IndexError) -> Self {
-        StreamError::from(e).into()
-    }
-}
-
-#[cfg(feature = "net")]
-impl From<crate::net::NetError> for PlayerError {
-    fn from(e: crate::net::NetError) -> Self {
-        StreamError::from(e).into()
-    }
-}
 
 /// How a player is opened.
 #[derive(Debug, Clone)]
@@ -171,49 +131,6 @@ impl Default for PlayerOptions {
             start_at: MediaTime::ZERO,
             join_margin: MediaTime::from_millis(300),
             realtime: true,
-        }
-    }
-}
-
-/// A track whose first reads are done, its branch not built yet.
-enum Opened {
-    Media { desc: TrackDesc, subscription: Arc<Subscription> },
-    Captions { desc: TrackDesc, cues: Vec<Cue> },
-}
-
-/// A subscribed track.
-enum Runtime {
-    Media {
-        desc: TrackDesc,
-        subscription: Arc<Subscription>,
-        branch: Branch,
-        gate: Arc<Gate>,
-        stats: Arc<TrackStats>,
-        /// Joined when the track stops, so its reads end before the caller goes on (a
-        /// peer's runtime may be dropped right after the player).
-        feeder: JoinHandle<()>,
-    },
-    Captions {
-        desc: TrackDesc,
-        cues: Arc<Vec<Cue>>,
-    },
-}
-
-impl Runtime {
-    /// Stops a media track: its feeder and its reads end before this returns. True for media.
-    fn stop(self, pipeline: &gst::Pipeline) -> bool {
-        let Runtime::Media { gate, branch, feeder, .. } = self else { return false };
-        gate.close();
-        branch.detach(pipeline);
-        // The feeder sees the closed gate within a poll; its handle is the subscription's
-        // last but ours, and dropping that joins the fetch worker.
-        let _ = feeder.join();
-        true
-    }
-
-    fn desc(&self) -> &TrackDesc {
-        match self {
-            Runtime::Media { desc, .. } | Runtime::Captions { desc, .. } => desc,
         }
     }
 }
@@ -588,273 +505,6 @@ impl Inner {
         self.settle();
         let _ = self.pipeline.set_state(if on { gst::State::Paused } else { gst::State::Playing });
     }
-
-    /// Lets a state change under way (the preroll after a flushing seek) finish before the
-    /// next one: pausing in the middle of it left the pipeline's running time where it was
-    /// before the seek (every track then played 2 s late in about one case in four).
-    fn settle(&self) {
-        let _ = self.pipeline.state(gst::ClockTime::from_seconds(5));
-    }
-
-    /// Waits for the pipeline to finish a state change (preroll).
-    fn wait_settled(&self) -> Result<(), PlayerError> {
-        let (result, _, _) = self.pipeline.state(gst::ClockTime::from_seconds(30));
-        result.map(|_| ()).map_err(|e| gst_err(format!("the pipeline did not preroll: {e}")))
-    }
-
-    fn seek(self: &Arc<Self>, t: MediaTime, mode: SeekMode) -> Result<MediaTime, PlayerError> {
-        let t = t.max(MediaTime::ZERO);
-        let target = if mode == SeekMode::Fast { self.snap_to_keyframe(t) } else { t };
-        let rate = lock(&self.play).rate;
-        let start_mode = if mode == SeekMode::Preview { StartMode::Keyframe } else { StartMode::Accurate };
-        let waiting: Vec<Arc<str>>;
-        {
-            let tracks = lock(&self.tracks);
-            waiting = tracks
-                .iter()
-                .filter_map(|r| match r {
-                    Runtime::Media { desc, .. } if desc.timeline.is_active(target) => Some(desc.name.clone()),
-                    _ => None,
-                })
-                .collect();
-            for runtime in tracks.iter() {
-                if let Runtime::Media { gate, branch, .. } = runtime {
-                    gate.expect_flush(start_mode);
-                    if let Some(pad) = branch.appsrc.static_pad("src") {
-                        pad.set_offset(0);
-                    }
-                }
-            }
-        }
-        let count = self.seeks.begin(target, mode, waiting);
-        {
-            let mut state = lock(&self.play);
-            state.segment_start = target;
-            state.since = target;
-        }
-        self.rendered_until.store(target.as_nanos(), Ordering::Relaxed);
-        if !self.has_media() {
-            return Ok(target);
-        }
-        self.pipeline
-            .seek(
-                rate,
-                gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
-                gst::SeekType::Set,
-                clock_time(target),
-                gst::SeekType::None,
-                gst::ClockTime::NONE,
-            )
-            .map_err(|e| gst_err(format!("seeking to {target}: {e}")))?;
-        if mode == SeekMode::Preview {
-            // Keyframes first; then the accurate frame, unless another seek came first.
-            let weak = Arc::downgrade(self);
-            let _ = std::thread::Builder::new().name("tandem-preview".into()).spawn(move || {
-                let Some(inner) = weak.upgrade() else { return };
-                inner.seeks.wait(count, Duration::from_secs(3));
-                if inner.seeks.count() == count {
-                    let _ = inner.seek(target, SeekMode::Accurate);
-                }
-            });
-        }
-        Ok(target)
-    }
-
-    /// The keyframe at or before `t` of the first subscribed video track showing something
-    /// at `t`, in meeting time.
-    fn snap_to_keyframe(&self, t: MediaTime) -> MediaTime {
-        let tracks = lock(&self.tracks);
-        for runtime in tracks.iter() {
-            let Runtime::Media { desc, subscription, .. } = runtime else { continue };
-            if desc.kind != TrackKind::Video {
-                continue;
-            }
-            if let Some(keyframe) = subscription.keyframe_before(t) {
-                return keyframe;
-            }
-        }
-        t
-    }
-
-    /// Opens, builds and starts a track; `joining` while the pipeline plays.
-    fn add_track(self: &Arc<Self>, name: &str, joining: bool) -> Result<(), PlayerError> {
-        let opened = self.open_track(name)?;
-        self.add_opened(opened, joining)
-    }
-
-    /// A track's reads before its branch can be built: its index, or all its cues. Runs on
-    /// any thread, for every track at once.
-    fn open_track(&self, name: &str) -> Result<Opened, PlayerError> {
-        let desc =
-            self.stream.meeting().track(name).cloned().ok_or_else(|| PlayerError::unknown_track(name))?;
-        if desc.kind == TrackKind::Captions {
-            let cues = self.load_cues(name)?;
-            return Ok(Opened::Captions { desc, cues });
-        }
-        // The track starts where appsrc's first seek-data says (see `feeder`).
-        let subscription = Arc::new(self.stream.subscribe_idle(name)?);
-        Ok(Opened::Media { desc, subscription })
-    }
-
-    /// Builds and starts an opened track; `joining` while the pipeline plays.
-    fn add_opened(self: &Arc<Self>, opened: Opened, joining: bool) -> Result<(), PlayerError> {
-        let (desc, subscription) = match opened {
-            Opened::Captions { desc, cues } => {
-                lock(&self.tracks).push(Runtime::Captions { desc, cues: Arc::new(cues) });
-                return Ok(());
-            }
-            Opened::Media { desc, subscription } => (desc, subscription),
-        };
-        let name: &str = &desc.name.clone();
-        let stats = lock(&self.stats)
-            .entry(desc.name.clone())
-            .or_insert_with(|| Arc::new(TrackStats::new(self.stream.figures(name))))
-            .clone();
-        let Some(info) = subscription.info().cloned() else {
-            return Err(PlayerError::Unsupported {
-                track: name.into(),
-                what: "a file tandem cannot index".into(),
-            });
-        };
-        let engine_audio = desc.kind == TrackKind::Audio && audio::decodes_in_engine(&info.codec);
-        let decoder = if engine_audio {
-            Some(
-                audio::AudioDecoder::new(&info, subscription.encoder_delay())
-                    .map_err(|what| PlayerError::Unsupported { track: name.into(), what })?,
-            )
-        } else {
-            None
-        };
-        let gate = Arc::new(Gate::new(subscription.clone()));
-        let (on_video, on_audio) = match (&self.options.output, &self.window) {
-            (Output::Callbacks { video, audio }, _) => (video.clone(), audio.clone()),
-            (Output::Window, Some(window)) => {
-                let window = window.clone();
-                let show: VideoCallback = Arc::new(move |frame: &VideoFrame| window.show(frame));
-                (Some(show), None)
-            }
-            _ => (None, None),
-        };
-        let context = Arc::new(SinkContext {
-            track: desc.name.clone(),
-            stats: stats.clone(),
-            on_video,
-            on_audio,
-            seeks: self.seeks.clone(),
-            epoch: std::sync::atomic::AtomicU64::new(self.seeks.count()),
-            realtime: self.options.realtime,
-            rendered_until: self.rendered_until.clone(),
-        });
-        let spec = branch::BranchSpec {
-            track: name,
-            kind: desc.kind,
-            timeline: &desc.timeline,
-            info: &info,
-            engine_audio,
-            output: &self.options.output,
-            joining,
-        };
-        let branch = branch::build(&spec, gate.clone(), context)?;
-        branch.attach(&self.pipeline)?;
-        let feeder = Feeder {
-            track: desc.name.clone(),
-            kind: desc.kind,
-            timeline: desc.timeline.clone(),
-            sample_rate: info.audio.map(|a| a.sample_rate).unwrap_or(48_000),
-            subscription: subscription.clone(),
-            appsrc: branch.appsrc.clone(),
-            gate: gate.clone(),
-            decoder,
-            events: self.events.clone(),
-        };
-        let feeder = match feeder.spawn() {
-            Ok(feeder) => feeder,
-            Err(e) => {
-                gate.close();
-                branch.detach(&self.pipeline);
-                return Err(gst_err(format!("starting the feeder thread: {e}")));
-            }
-        };
-        let started = if joining {
-            self.join_branch(&branch)
-        } else if self.pipeline.current_state() >= gst::State::Paused {
-            branch.sync_state()
-        } else {
-            Ok(())
-        };
-        if let Err(e) = started {
-            gate.close();
-            branch.detach(&self.pipeline);
-            let _ = feeder.join();
-            return Err(e);
-        }
-        if let (Some(window), TrackKind::Video) = (&self.window, desc.kind) {
-            window.set_subscribed(&desc.name, true);
-        }
-        lock(&self.tracks).push(Runtime::Media { desc, subscription, branch, gate, stats, feeder });
-        Ok(())
-    }
-
-    /// Every cue of a caption track, read once (caption files are small).
-    fn load_cues(&self, name: &str) -> Result<Vec<Cue>, PlayerError> {
-        let subscription = self.stream.subscribe_at(name, MediaTime::ZERO, SeekTicket::default())?;
-        let mut cues = Vec::new();
-        loop {
-            match subscription.recv_timeout(Duration::from_secs(30)).map(|t| t.item) {
-                Ok(Item::Cue(cue)) => cues.push(cue),
-                Ok(Item::End) => return Ok(cues),
-                Ok(Item::Failed { message }) => return Err(PlayerError::open(name, message)),
-                Ok(_) => {}
-                Err(_) => return Err(PlayerError::open(name, "its cues did not arrive within 30 s")),
-            }
-        }
-    }
-
-    /// Starts a branch inside a playing pipeline: its segment starts a little ahead of the
-    /// cursor, and a pad offset puts its running time where the other branches' is.
-    fn join_branch(&self, branch: &Branch) -> Result<(), PlayerError> {
-        let (rate, segment_start) = {
-            let state = lock(&self.play);
-            (state.rate, state.segment_start)
-        };
-        let position = self.position().unwrap_or(segment_start);
-        let join_at = position.saturating_add(self.options.join_margin);
-        branch.appsrc.set_state(gst::State::Ready).map_err(gst_err)?;
-        if !branch::pending_seek(&branch.appsrc, rate, join_at) {
-            return Err(gst_err("the joining track refused its start position"));
-        }
-        let offset = (join_at.saturating_sub(segment_start).as_nanos() as f64 / rate) as i64;
-        if let Some(pad) = branch.appsrc.static_pad("src") {
-            pad.set_offset(offset);
-        }
-        branch.sync_state()
-    }
-
-    /// Removes a track; false when it was not subscribed.
-    fn remove_track(&self, name: &str) -> bool {
-        let runtime = {
-            let mut tracks = lock(&self.tracks);
-            let Some(i) = tracks.iter().position(|r| &*r.desc().name == name) else { return false };
-            tracks.remove(i)
-        };
-        let name = runtime.desc().name.clone();
-        if runtime.stop(&self.pipeline) {
-            self.seeks.forget(&name);
-            if let Some(window) = &self.window {
-                window.set_subscribed(&name, false);
-            }
-        }
-        true
-    }
-
-    /// The subscribed track an element belongs to (branch elements are named `<track>-...`).
-    fn track_of(&self, element: &str) -> Option<Arc<str>> {
-        lock(&self.tracks)
-            .iter()
-            .map(|r| r.desc().name.clone())
-            .filter(|name| element.strip_prefix(&**name).is_some_and(|rest| rest.starts_with('-')))
-            .max_by_key(|name| name.len())
-    }
 }
 
 /// The audio output the window plays through (`pulsesink`, `pipewiresink` or `alsasink`,
@@ -882,37 +532,4 @@ pub(crate) fn tile_label(desc: &TrackDesc) -> String {
 /// The meeting time on screen: the pipeline's position.
 fn pipeline_position(pipeline: &gst::Pipeline) -> Option<MediaTime> {
     pipeline.query_position::<gst::ClockTime>().map(feeder::meeting_time)
-}
-
-/// Watches the pipeline's bus: a track's error stops that track only; the end of every
-/// branch is the end of the meeting.
-fn spawn_bus_watch(inner: Weak<Inner>, stop: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
-    let bus = inner.upgrade().and_then(|i| i.pipeline.bus());
-    std::thread::Builder::new().name("tandem-bus".into()).spawn(move || {
-        let Some(bus) = bus else { return };
-        while !stop.load(Ordering::Relaxed) {
-            let Some(message) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else { continue };
-            let Some(inner) = inner.upgrade() else { return };
-            match message.view() {
-                gst::MessageView::Error(err) => {
-                    let source = message.src().map(|s| s.name().to_string()).unwrap_or_default();
-                    let text = format!("{} ({source})", err.error());
-                    match inner.track_of(&source) {
-                        Some(track) => {
-                            tracing::warn!(%track, %text, "track error");
-                            inner
-                                .events
-                                .send(PlayerEvent::TrackError { track: track.clone(), message: text });
-                            inner.remove_track(&track);
-                        }
-                        None => inner
-                            .events
-                            .send(PlayerEvent::TrackError { track: Arc::from("pipeline"), message: text }),
-                    }
-                }
-                gst::MessageView::Eos(_) => inner.events.send(PlayerEvent::EndOfMeeting),
-                _ => {}
-            }
-        }
-    })
 }
