@@ -117,6 +117,10 @@ pub struct FetchArgs {
     /// Bytes to fetch, like `curl -r`: `start-end` (end inclusive) or `start-` (to the end).
     #[arg(long)]
     pub range: String,
+    /// Which of the track's files: a track a recorder cut into several files (a camera turned
+    /// off and on) has one per file, numbered from 0 in the order `info` lists their sizes.
+    #[arg(long, default_value_t = 0)]
+    pub file: u32,
     #[command(flatten)]
     pub dial: DialArgs,
     /// Output file.
@@ -341,8 +345,8 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
         let track = track.unwrap_or_default();
         let (client, peer) = dial(&args.dial, &id52).await?;
         let stream = client.get(&peer, &meeting).await.with_context(|| format!("stream.get {meeting}"))?;
-        let remote = RemoteTrack::new(client.clone(), peer, &stream, &track)?;
-        let size = stream.track(&track).and_then(|t| t.size(0)).unwrap_or(0);
+        let remote = RemoteTrack::file(client.clone(), peer, &stream, &track, args.file)?;
+        let size = tandem::RangeSource::len(&remote);
         let (start, len) = parse_range(&args.range, size)?;
         let step = stream.read_window.max.max(1);
         let pieces: Vec<(u64, u64)> =

@@ -1,17 +1,18 @@
 //! `meeting-replay import` on a BigBlueButton raw recording and on LiveKit track egress output
-//! built here from the committed fixtures' stamped media (cut with ffmpeg), with events.xml and
-//! egress JSON written in the shapes the real systems write (each name with the source file it
-//! comes from). The imported meeting is then read by `tracks`, `play --headless` and
+//! written by `tandem_fixtures::layouts` from the committed fixtures' stamped media (cut with
+//! ffmpeg), with events.xml and egress JSON in the shapes the real systems write (each name
+//! with the source file it comes from). The imported meeting is then read by `tracks`, `play --headless` and
 //! `snapshot`; what a snapshot shows is compared with GStreamer's own decode of the source
 //! file at the media time the events (or the egress start times) put at that meeting time.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use anyhow::{ensure, Context, Result};
-use tandem_tests::ffmpeg;
+use tandem_fixtures::layouts::bbb::{self, meeting_of, KEPT};
+use tandem_fixtures::layouts::livekit;
 
 fn meeting_replay() -> Command {
     Command::new(env!("CARGO_BIN_EXE_meeting-replay"))
@@ -90,228 +91,10 @@ fn check_shows(
 
 // ---- BigBlueButton ------------------------------------------------------------------------
 
-/// The event clock's zero in the events written here (BigBlueButton's `Utils.hrTime()` is a
-/// monotonic clock in ms with an arbitrary origin).
-const T0: i64 = 7_000_000;
-/// Recording on from T0+1000 to T0+13000 and from T0+18000 to the last event (T0+40000).
-const KEPT: [(i64, i64); 2] = [(1000, 13_000), (18_000, 40_000)];
-
-/// The meeting time BigBlueButton's playback shows event time `t` (relative to T0) at: the
-/// recorded stretches back to back from 0 (generators/events.rb, edl_match_recording_marks).
-fn meeting_of(t: i64) -> u64 {
-    let mut before = 0;
-    for (a, b) in KEPT {
-        if t <= b {
-            return (before + (t - a).max(0)) as u64;
-        }
-        before += b - a;
-    }
-    before as u64
-}
-
-struct Bbb {
-    dir: PathBuf,
-    alice_1: PathBuf,
-    alice_2: PathBuf,
-    bob: PathBuf,
-    screen: PathBuf,
-}
-
-/// One `<event>` as `RedisEventsArchiver#store_events` (events_archiver.rb) writes it: the
-/// `timestamp`, `module` and `eventname` attributes, every other field a child element.
-fn event(t: i64, module: &str, name: &str, fields: &[(&str, &str)]) -> String {
-    let mut out = format!("  <event timestamp=\"{}\" module=\"{module}\" eventname=\"{name}\">\n", T0 + t);
-    for (k, v) in fields {
-        out.push_str(&format!("    <{k}>{v}</{k}>\n"));
-    }
-    out.push_str("  </event>\n");
-    out
-}
-
-/// A raw recording folder as archive.rb leaves it: `events.xml`, cameras under
-/// `video/<meeting_id>/`, the screen share under `deskshare/`, voice under `audio/`.
-fn bbb_folder(root: &Path) -> Result<Bbb> {
-    let id = "183f0bf3a0982a127bdb8161e0c44eb696b3e75c-1700000000000";
-    let dir = root.join(id);
-    let video = dir.join("video").join(id);
-    std::fs::create_dir_all(&video)?;
-    std::fs::create_dir_all(dir.join("deskshare"))?;
-    std::fs::create_dir_all(dir.join("audio"))?;
-    let fixtures = tandem_tests::fixture_meeting("meeting");
-    let cam = s(&fixtures.join("bob_video.webm"));
-    // bbb-webrtc-sfu names camera recordings `<profile>-<userId>-<time>.webm`.
-    let alice_1 = video.join("medium-w_alice-1700000002000.webm");
-    let alice_2 = video.join("medium-w_alice-1700000011000.webm");
-    let bob = video.join("medium-w_bob-1700000020000.webm");
-    ffmpeg(&["-i", &cam, "-t", "8", "-c", "copy", &s(&alice_1)])?;
-    ffmpeg(&["-ss", "10", "-i", &cam, "-t", "16", "-c", "copy", &s(&alice_2)])?;
-    ffmpeg(&["-ss", "27", "-i", &cam, "-c", "copy", &s(&bob)])?;
-    let screen = dir.join("deskshare").join("w_alice-1700000022000.webm");
-    ffmpeg(&[
-        "-i",
-        &s(&fixtures.join("screen_share.mkv")),
-        "-t",
-        "9",
-        "-an",
-        "-c:v",
-        "libvpx",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-b:v",
-        "2M",
-        "-g",
-        "25",
-        &s(&screen),
-    ])?;
-    let voice = s(&tandem_tests::fixture_meeting("meeting-webrtc").join("mixed_audio.opus"));
-    // archive.rb re-encodes FreeSWITCH's WAV to Opus in Ogg named `<basename>.opus`.
-    ffmpeg(&[
-        "-i",
-        &voice,
-        "-t",
-        "12",
-        "-c",
-        "copy",
-        "-f",
-        "ogg",
-        &s(&dir.join("audio").join(format!("{id}-1701.opus"))),
-    ])?;
-    ffmpeg(&[
-        "-ss",
-        "4",
-        "-i",
-        &voice,
-        "-c",
-        "copy",
-        "-f",
-        "ogg",
-        &s(&dir.join("audio").join(format!("{id}-1718.opus"))),
-    ])?;
-    let kurento = |p: &Path| {
-        format!(
-            "/var/lib/kurento/recordings/{id}/{}",
-            p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-        )
-    };
-    let screen_src = format!("/var/lib/kurento/screenshare/{id}/w_alice-1700000022000.webm");
-    // timestampUTC is the wall clock; it jumps back an hour at T0+19000 (an NTP step), which
-    // must move nothing.
-    let utc = |t: i64| (1_700_000_000_000 + t - if t >= 19_000 { 3_600_000 } else { 0 }).to_string();
-    let mut xml = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<recording meeting_id=\"{id}\" bbb_version=\"3.0.0\">\n  <meeting id=\"{id}\" externalId=\"class-1\" name=\"Class 1\" breakout=\"false\"/>\n  <metadata meetingName=\"Class 1\" isBreakout=\"false\"/>\n"
-    );
-    // akka-bbb-apps record/events/*.scala and bbb-webrtc-sfu WebRTCShareEvent.js
-    xml += &event(
-        0,
-        "PARTICIPANT",
-        "ParticipantJoinEvent",
-        &[("userId", "w_alice"), ("externalUserId", "a1"), ("name", "Alice Example"), ("role", "MODERATOR")],
-    );
-    xml += &event(1000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "true")]);
-    xml += &event(
-        1000,
-        "VOICE",
-        "StartRecordingEvent",
-        &[
-            ("bridge", "72013"),
-            ("recordingTimestamp", "1700000001000"),
-            ("filename", &format!("{id}-1701.opus")),
-        ],
-    );
-    xml += &event(
-        1500,
-        "PARTICIPANT",
-        "ParticipantJoinEvent",
-        &[("userId", "w_bob"), ("externalUserId", "b1"), ("name", "Bob"), ("role", "VIEWER")],
-    );
-    xml += &event(
-        2000,
-        "bbb-webrtc-sfu",
-        "StartWebRTCShareEvent",
-        &[("timestampUTC", &utc(2000)), ("filename", &kurento(&alice_1))],
-    );
-    xml += &event(
-        3000,
-        "VOICE",
-        "ParticipantTalkingEvent",
-        &[("bridge", "72013"), ("participant", "w_alice"), ("talking", "true")],
-    );
-    xml += &event(
-        6000,
-        "VOICE",
-        "ParticipantTalkingEvent",
-        &[("bridge", "72013"), ("participant", "w_alice"), ("talking", "false")],
-    );
-    xml += &event(
-        9000,
-        "bbb-webrtc-sfu",
-        "StopWebRTCShareEvent",
-        &[("timestampUTC", &utc(9000)), ("filename", &kurento(&alice_1))],
-    );
-    xml += &event(
-        11_000,
-        "bbb-webrtc-sfu",
-        "StartWebRTCShareEvent",
-        &[("timestampUTC", &utc(11_000)), ("filename", &kurento(&alice_2))],
-    );
-    xml += &event(13_000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "false")]);
-    xml += &event(
-        13_000,
-        "VOICE",
-        "StopRecordingEvent",
-        &[
-            ("bridge", "72013"),
-            ("recordingTimestamp", "1700000013000"),
-            ("filename", &format!("{id}-1701.opus")),
-        ],
-    );
-    xml += &event(18_000, "PARTICIPANT", "RecordStatusEvent", &[("userId", "w_alice"), ("status", "true")]);
-    xml += &event(
-        18_000,
-        "VOICE",
-        "StartRecordingEvent",
-        &[
-            ("bridge", "72013"),
-            ("recordingTimestamp", "1700000018000"),
-            ("filename", &format!("{id}-1718.opus")),
-        ],
-    );
-    xml += &event(
-        20_000,
-        "bbb-webrtc-sfu",
-        "StartWebRTCShareEvent",
-        &[("timestampUTC", &utc(20_000)), ("filename", &kurento(&bob)), ("userId", "w_bob")],
-    );
-    xml += &event(
-        22_000,
-        "bbb-webrtc-sfu",
-        "StartWebRTCDesktopShareEvent",
-        &[("timestampUTC", &utc(22_000)), ("filename", &screen_src)],
-    );
-    xml += &event(
-        25_000,
-        "bbb-webrtc-sfu",
-        "StopWebRTCShareEvent",
-        &[("timestampUTC", &utc(25_000)), ("filename", &kurento(&alice_2))],
-    );
-    xml += &event(
-        30_000,
-        "bbb-webrtc-sfu",
-        "StopWebRTCDesktopShareEvent",
-        &[("timestampUTC", &utc(30_000)), ("filename", &screen_src)],
-    );
-    xml += &event(40_000, "PARTICIPANT", "EndAndKickAllEvent", &[]);
-    xml += "</recording>\n";
-    std::fs::write(dir.join("events.xml"), xml)?;
-    Ok(Bbb { dir, alice_1, alice_2, bob, screen })
-}
-
 #[test]
 fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let bbb = bbb_folder(root.path())?;
+    let bbb = bbb::write(root.path())?;
     let meeting = root.path().join("class-1");
     let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -379,6 +162,33 @@ fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> 
         snapshot(&meeting, "Bob_camera", meeting_of(19_000), &out)?.is_none(),
         "bob's camera shows before it started"
     );
+
+    // From a peer, each of the camera's two files whole (`fetch --file N`), byte for byte the
+    // files the events name; a file the track does not have is refused by its number.
+    let keys = tempfile::tempdir()?;
+    let served = common::serve(root.path(), keys.path())?;
+    let target = format!("{}/class-1/Alice_Example_camera", served.id52);
+    let fetch = |file: u32, part: &Path| {
+        let file = file.to_string();
+        run(&["fetch", &target, "--file", &file, "--range", "0-", "--addr", &served.addr, "-o", &s(part)])
+    };
+    for (file, source) in [(0, &bbb.alice_1), (1, &bbb.alice_2)] {
+        let part = root.path().join(format!("alice-{file}.bin"));
+        let fetched = fetch(file, &part)?;
+        ensure!(
+            fetched.status.success(),
+            "fetch --file {file}: {}",
+            String::from_utf8_lossy(&fetched.stderr)
+        );
+        ensure!(
+            std::fs::read(&part)? == std::fs::read(source)?,
+            "file {file} of alice's camera from the peer is not {}",
+            source.display()
+        );
+    }
+    let missing = fetch(2, &root.path().join("alice-2.bin"))?;
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    ensure!(!missing.status.success() && stderr.contains("no file 2"), "fetch --file 2: {stderr}");
     Ok(())
 }
 
@@ -388,7 +198,7 @@ fn a_bigbluebutton_raw_recording_imports_and_plays_where_its_events_put_it() -> 
 #[test]
 fn an_export_across_a_recording_pause_shows_each_frame_where_the_events_put_it() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let bbb = bbb_folder(root.path())?;
+    let bbb = bbb::write(root.path())?;
     let meeting = root.path().join("class-1");
     let output = run(&["import", &s(&bbb.dir), "-o", &s(&meeting)])?;
     ensure!(output.status.success(), "import failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -439,7 +249,7 @@ fn an_export_across_a_recording_pause_shows_each_frame_where_the_events_put_it()
 #[test]
 fn a_bigbluebutton_events_file_cut_short_is_refused_with_its_line() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let bbb = bbb_folder(root.path())?;
+    let bbb = bbb::write(root.path())?;
     let events = bbb.dir.join("events.xml");
     let text = std::fs::read_to_string(&events)?;
     // Cut at the start of the line of the first stop event, as a full disk would leave it.
@@ -476,7 +286,7 @@ fn a_bigbluebutton_events_file_cut_short_is_refused_with_its_line() -> Result<()
 #[test]
 fn import_refuses_an_output_that_exists() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let bbb = bbb_folder(root.path())?;
+    let bbb = bbb::write(root.path())?;
     let meeting = root.path().join("taken");
     std::fs::create_dir(&meeting)?;
     std::fs::write(meeting.join("keep.txt"), "mine")?;
@@ -499,71 +309,10 @@ fn import_refuses_an_output_that_exists() -> Result<()> {
 #[test]
 fn livekit_track_egress_imports_by_each_files_media_start() -> Result<()> {
     let root = tempfile::tempdir()?;
-    let dir = root.path().join("bucket");
-    std::fs::create_dir_all(&dir)?;
-    let fixtures = tandem_tests::fixture_meeting("meeting");
-    // egress pkg/types TrackOutputTypes: VP8 -> WebM, H.264 -> MP4, Opus -> OGG; files named
-    // `{track_id}-{time}` (the default filepath template).
-    let cam = dir.join("TR_VCam1-2024-05-01T101500.webm");
-    let screen = dir.join("TR_VScr2-2024-05-01T101503.mp4");
-    let mic = dir.join("TR_AMic3-2024-05-01T101500.ogg");
-    ffmpeg(&["-ss", "6", "-i", &s(&fixtures.join("bob_video.webm")), "-t", "20", "-c", "copy", &s(&cam)])?;
-    ffmpeg(&["-i", &s(&fixtures.join("screen_share.mkv")), "-t", "12", "-c", "copy", &s(&screen)])?;
-    ffmpeg(&[
-        "-i",
-        &s(&tandem_tests::fixture_meeting("meeting-webrtc").join("mixed_audio.opus")),
-        "-t",
-        "15",
-        "-c",
-        "copy",
-        "-f",
-        "ogg",
-        &s(&mic),
-    ])?;
-    let base: i128 = 1_714_558_500_000_000_000;
-    // (egress id, track id, kind, source, identity, file, request start, media start)
-    let egresses = [
-        ("EG_cam", "TR_VCam1", "video", "camera", "carol", &cam, base, base + 740_000_000),
-        (
-            "EG_scr",
-            "TR_VScr2",
-            "video",
-            "screen_share",
-            "carol",
-            &screen,
-            base + 3_000_000_000,
-            base + 3_910_000_000,
-        ),
-        ("EG_mic", "TR_AMic3", "audio", "microphone", "dave", &mic, base + 200_000_000, base + 500_000_000),
-    ];
-    for (egress, track, kind, source, identity, file, requested, media) in &egresses {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // egress pkg/config/manifest.go Manifest (Go encoding/json: snake_case, int64 numbers)
-        let manifest = serde_json::json!({
-            "egress_id": egress, "room_id": "RM_x", "room_name": "standup",
-            "started_at": *requested as i64, "ended_at": (*media + 30_000_000_000) as i64,
-            "publisher_identity": identity, "track_id": track, "track_kind": kind, "track_source": source,
-            "files": [{"filename": name, "location": format!("s3://bucket/{name}")}],
-        });
-        std::fs::write(dir.join(format!("{egress}.json")), serde_json::to_string_pretty(&manifest)?)?;
-        if *egress == "EG_mic" {
-            continue; // no webhook kept for this one: placed by its request time
-        }
-        // protocol livekit_webhook.proto WebhookEvent / livekit_egress.proto EgressInfo,
-        // FileInfo (protojson: camelCase, 64-bit integers as strings)
-        let webhook = serde_json::json!({
-            "event": "egress_ended", "id": format!("EV_{egress}"), "createdAt": "1714558600",
-            "egressInfo": {
-                "egressId": egress, "roomId": "RM_x", "roomName": "standup", "status": "EGRESS_COMPLETE",
-                "startedAt": requested.to_string(), "endedAt": (media + 30_000_000_000).to_string(),
-                "track": {"roomName": "standup", "trackId": track, "file": {"filepath": name}},
-                "fileResults": [{"filename": name, "startedAt": media.to_string(), "endedAt": (media + 20_000_000_000).to_string(), "duration": "20000000000", "size": "1000", "location": format!("s3://bucket/{name}")}],
-            },
-        });
-        std::fs::write(dir.join(format!("webhook-{egress}.json")), serde_json::to_string(&webhook)?)?;
-    }
+    let layout = livekit::write(root.path())?;
+    let (dir, cam, screen) = (&layout.dir, &layout.cam, &layout.screen);
     let meeting = root.path().join("standup");
-    let output = run(&["import", &s(&dir), "-o", &s(&meeting)])?;
+    let output = run(&["import", &s(dir), "-o", &s(&meeting)])?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     ensure!(output.status.success(), "import failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
     eprintln!("{stdout}");
@@ -578,20 +327,20 @@ fn livekit_track_egress_imports_by_each_files_media_start() -> Result<()> {
         ensure!(stdout.contains(want), "import printed no {want:?}:\n{stdout}");
     }
     // Zero is the earliest start: the microphone's request time (it has no EgressInfo).
-    let zero = base + 200_000_000;
+    let zero = layout.mic_requested_ns;
     let at = |ns: i128| ((ns - zero) / 1_000_000) as u64;
     let out = root.path().join("png");
     std::fs::create_dir_all(&out)?;
     for (track, file, media_start, shown_ms) in [
-        ("carol_camera", &cam, base + 740_000_000, 3_000u64),
-        ("carol_camera", &cam, base + 740_000_000, 17_250),
-        ("carol_screen", &screen, base + 3_910_000_000, 9_000),
+        ("carol_camera", cam, layout.cam_start_ns, 3_000u64),
+        ("carol_camera", cam, layout.cam_start_ns, 17_250),
+        ("carol_screen", screen, layout.screen_start_ns, 9_000),
     ] {
         let start = at(media_start);
         check_shows(&meeting, track, shown_ms, file, shown_ms - start, &out)?;
     }
     ensure!(
-        snapshot(&meeting, "carol_screen", at(base + 3_910_000_000) - 200, &out)?.is_none(),
+        snapshot(&meeting, "carol_screen", at(layout.screen_start_ns) - 200, &out)?.is_none(),
         "the screen shows before its media starts"
     );
     let play = run(&["play", &s(&meeting), "--headless", "--at", "2", "--for", "3"])?;
