@@ -106,16 +106,39 @@ impl TrackFile {
     }
 }
 
-/// Opens every file of a track; they must all have an index of the same codec when there
-/// are several (one decoder plays them in turn).
+/// Files of one track opened at once: a camera a recorder cut into many files opens in a few
+/// round trips on a far link, not one index's worth per file in turn.
+const FILES_AT_ONCE: usize = 8;
+
+/// Opens every file of a track, [`FILES_AT_ONCE`] in parallel; they must all have an index of
+/// the same codec when there are several (one decoder plays them in turn).
 fn open_files(
     shared: &Shared,
     desc: &TrackDesc,
     figures: &TrackFigures,
 ) -> Result<Vec<TrackFile>, StreamError> {
     let count = u32::try_from(desc.timeline.files()).unwrap_or(u32::MAX);
-    let files =
-        (0..count).map(|n| TrackFile::open(shared, desc, n, figures)).collect::<Result<Vec<_>, _>>()?;
+    let mut files = Vec::with_capacity(count as usize);
+    let numbers: Vec<u32> = (0..count).collect();
+    for batch in numbers.chunks(FILES_AT_ONCE) {
+        if let [only] = batch {
+            files.push(TrackFile::open(shared, desc, *only, figures)?);
+            continue;
+        }
+        let opened: Vec<Result<TrackFile, StreamError>> = std::thread::scope(|scope| {
+            let opening: Vec<_> = batch
+                .iter()
+                .map(|&n| scope.spawn(move || TrackFile::open(shared, desc, n, figures)))
+                .collect();
+            opening
+                .into_iter()
+                .map(|handle| handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .collect()
+        });
+        for file in opened {
+            files.push(file?);
+        }
+    }
     if files.len() > 1 {
         // Codecs configured out of band (avcC, Vorbis headers, AudioSpecificConfig) need the
         // same configuration too: one decoder is set up from the first file's.
