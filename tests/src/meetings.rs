@@ -16,10 +16,14 @@ fn write_manifest(dir: &Path, name: &str, tracks: Vec<Value>) -> Result<()> {
 }
 
 /// `<root>/paused`: the fixture meeting's `tracks` (in that order; of `alice_video`,
-/// `bob_video` and `mixed_audio`), each camera with a recording pause cut out of its file: two
-/// adjacent segments of one file, the second from a media time between keyframes (bob's VP8
-/// in WebM, alice's H.264 with B-frames in MP4, with an edit list), so the frames it decodes
-/// from its keyframe fall in the first one's time. The audio is one segment.
+/// `bob_video`, `mixed_audio` and `voice`), each camera with a recording pause cut out of its
+/// file: two adjacent segments of one file, the second from a media time between keyframes
+/// (bob's VP8 in WebM, alice's H.264 with B-frames in MP4, with an edit list), so the frames it
+/// decodes from its keyframe fall in the first one's time. `mixed_audio` is one segment;
+/// `voice` (the WebRTC fixture's Opus) has a pause cut out at 5.998 s: its first segment ends
+/// 2 ms before the click of media 6 s (inside the packet that ends it), and its second starts
+/// from media 9.05 s, so the audio an Opus decoder warms up on before it (80 ms) holds the click
+/// of media 9 s; both clicks were recorded during the pause.
 pub fn paused_meeting(root: &Path, tracks: &[&str]) -> Result<PathBuf> {
     let src = fixture_meeting("meeting");
     let dir = root.join("paused");
@@ -44,9 +48,19 @@ pub fn paused_meeting(root: &Path, tracks: &[&str]) -> Result<PathBuf> {
                 json!({"name": "mixed_audio", "kind": "audio", "role": "mixed_audio", "segments": [
                     {"file": "mixed_audio.ogg", "start_ms": 0}]}),
             ),
+            "voice" => (
+                "voice.opus",
+                json!({"name": "voice", "kind": "audio", "role": "mixed_audio", "segments": [
+                    {"file": "voice.opus", "start_ms": 0, "end_ms": 5998},
+                    {"file": "voice.opus", "start_ms": 5998, "media_start_ms": 9050}]}),
+            ),
             other => bail!("the paused meeting has no track {other:?}"),
         };
-        std::fs::copy(src.join(file), dir.join(file))?;
+        let from = match track {
+            "voice" => fixture_meeting("meeting-webrtc").join("mixed_audio.opus"),
+            _ => src.join(file),
+        };
+        std::fs::copy(from, dir.join(file))?;
         entries.push(entry);
     }
     write_manifest(&dir, "paused", entries)?;

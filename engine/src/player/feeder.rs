@@ -268,10 +268,24 @@ impl Feeder {
         }
         current.fed |= is_video;
         let mut clip_start = 0;
-        if !is_video && packet.pts < MediaTime::ZERO {
+        let rate = i64::from(self.sample_rate);
+        if !is_video && packet.decode_only {
+            // Audio a decoder converges on (Opus's 80 ms before a seek's target or a span's
+            // start) is decoded, not heard: all of it clipped. Before a target the segment
+            // would drop it; before a span that follows another at once it lies in the last
+            // one's time, and was recorded in the pause cut out between them.
+            clip_start = frames_between(packet.pts, packet.end(), rate);
+        } else if !is_video && packet.pts < MediaTime::ZERO {
             // Audio before zero (Opus pre-skip): starts at zero with its head clipped.
-            clip_start = frames_between(packet.pts, MediaTime::ZERO, i64::from(self.sample_rate));
+            clip_start = frames_between(packet.pts, MediaTime::ZERO, rate);
         }
+        // A packet that runs past its span's end (a recording pause cut out there): the rest
+        // was recorded in the pause, and is not heard.
+        let span_end = self.timeline.span(packet.span).and_then(|span| span.end);
+        let clip_end = match span_end {
+            Some(end) if !is_video => frames_between(end.max(packet.pts), packet.end(), rate),
+            _ => 0,
+        };
         let dts = packet.dts.unwrap_or(packet.pts);
         let buffer = Buffer {
             pts: packet.pts.max(MediaTime::ZERO),
@@ -285,6 +299,7 @@ impl Feeder {
             discont: std::mem::take(&mut current.discont),
             decode_only: is_video && (packet.decode_only || packet.pts < MediaTime::ZERO),
             clip_start,
+            clip_end,
         };
         self.push(current.number, Out::Buffer(buffer));
     }
@@ -330,6 +345,7 @@ impl Feeder {
             discont: std::mem::take(&mut current.discont),
             decode_only: false,
             clip_start: 0,
+            clip_end: 0,
         };
         self.push(current.number, Out::Buffer(buffer));
     }
@@ -347,6 +363,7 @@ impl Feeder {
             discont: true,
             decode_only: false,
             clip_start: 0,
+            clip_end: 0,
         };
         self.push(current.number, Out::Buffer(buffer));
         self.drain(current);
@@ -436,6 +453,8 @@ struct Buffer {
     decode_only: bool,
     /// Samples to clip from the start of the decoded output (audio that starts before zero).
     clip_start: u64,
+    /// Samples to clip from the end (audio past its span's end).
+    clip_end: u64,
 }
 
 /// Sample frames at `rate` from `from` to `to` (zero when `to` is not after `from`).
@@ -477,12 +496,13 @@ impl Buffer {
                 flags |= gst::BufferFlags::DECODE_ONLY;
             }
             b.set_flags(flags);
-            if packet.clip_start > 0 {
-                // Samples (at the stream's rate) the decoder drops from the start of its output.
+            if packet.clip_start > 0 || packet.clip_end > 0 {
+                // Samples (at the stream's rate) the decoder drops from the start and the end
+                // of its output.
                 gst_audio::AudioClippingMeta::add(
                     b,
                     gst::format::Default::from_u64(packet.clip_start),
-                    gst::format::Default::from_u64(0),
+                    gst::format::Default::from_u64(packet.clip_end),
                 );
             }
         }
