@@ -5,15 +5,15 @@
 //!
 //! A video track gives way before it stalls the clock when its lead has fallen through
 //! [`FALLING_FOR`] of steady play and is about to run out: it is fetched slower than it plays,
-//! so the link is short. A video track about to enter a span (a camera turned on) without
-//! its first frame gives way likewise, before the clock reaches the span: its keyframe was
-//! asked for a buffer's length ahead, so the link is short, and the meeting does not wait for
-//! a picture that was not there a moment ago. Otherwise it is degraded after playback has waited on it for
-//! [`DEGRADE_AFTER`] while every audio track was ready: a short wait stays a wait (a seek, a
-//! moment of loss). Once the link has shown it is short (a track is degraded), another video
-//! track about to run dry gives way at once. A degraded track recovers
-//! after keeping [`RECOVER_LEAD`] for a while, a while that doubles each time it has to be
-//! degraded again, so a link just short of the bitrate does not stall every few seconds.
+//! so the link is short. A video track about to enter a span (a camera turned on) without its
+//! first frame gives way likewise, before the clock reaches the span: its keyframe was asked
+//! for a buffer's length ahead, so the link is short, and the meeting does not wait for a
+//! picture that was not there a moment ago. Otherwise it is degraded after playback has waited
+//! on it for [`DEGRADE_AFTER`] while every audio track was ready: a short wait stays a wait (a
+//! seek, a moment of loss). Once the link has shown it is short (a track is degraded), another
+//! video track about to run dry gives way at once. A degraded track recovers after keeping
+//! [`RECOVER_LEAD`] for a while, a while that doubles each time it has to be degraded again,
+//! so a link just short of the bitrate does not stall every few seconds.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
