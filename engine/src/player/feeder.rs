@@ -451,7 +451,8 @@ struct Buffer {
     discont: bool,
     /// Needed to decode later frames but not to be shown.
     decode_only: bool,
-    /// Samples to clip from the start of the decoded output (audio that starts before zero).
+    /// Samples to clip from the start of the decoded output (audio before zero, or all of a
+    /// decoder's warm-up packet).
     clip_start: u64,
     /// Samples to clip from the end (audio past its span's end).
     clip_end: u64,
