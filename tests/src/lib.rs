@@ -101,15 +101,9 @@ pub fn ffprobe_frame_times(path: &Path) -> Result<Vec<f64>> {
 
 /// Runs ffmpeg with `args` (inputs, options, output), failing with its stderr.
 pub fn ffmpeg(args: &[&str]) -> Result<()> {
-    let out = tool("ffmpeg")?
-        .args(["-v", "error", "-y", "-nostdin"])
-        .args(args)
-        .output()
-        .context("running ffmpeg")?;
-    if !out.status.success() {
-        bail!("ffmpeg {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    // Found first, for the clear message; then the fixtures' own runner.
+    tool("ffmpeg")?;
+    Ok(tandem_fixtures::layouts::ffmpeg(args)?)
 }
 
 /// What [`check_against_ffprobe`] compared, for the test's own assertions and messages.
